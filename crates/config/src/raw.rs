@@ -1,0 +1,369 @@
+//! The file's shape as serde sees it, and its conversion into typed values.
+//!
+//! Unknown keys are rejected (`deny_unknown_fields`) so that a misspelt key is
+//! an error with its line, never a silently ignored setting.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::template::{INSTANCE_VARS, SMOKE_VARS};
+use crate::{
+    Config, ConfigError, HealthConfig, HostPattern, ProxyConfig, RuntimeKind, ServiceConfig,
+    SwitchConfig, Template,
+};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct File {
+    #[serde(default)]
+    proxy: Proxy,
+    #[serde(default)]
+    control: Control,
+    #[serde(default)]
+    state: State,
+    #[serde(default)]
+    services: BTreeMap<String, Service>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Proxy {
+    #[serde(default = "default_listen")]
+    listen: Vec<SocketAddr>,
+    #[serde(default = "secs::<5>", with = "crate::duration")]
+    connect_timeout: Duration,
+    #[serde(default = "secs::<60>", with = "crate::duration")]
+    response_timeout: Duration,
+    #[serde(default = "secs::<75>", with = "crate::duration")]
+    idle_timeout: Duration,
+}
+
+impl Default for Proxy {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            connect_timeout: secs::<5>(),
+            response_timeout: secs::<60>(),
+            idle_timeout: secs::<75>(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Control {
+    #[serde(default = "default_socket")]
+    socket: PathBuf,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Self {
+            socket: default_socket(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct State {
+    #[serde(default = "default_state_dir")]
+    dir: PathBuf,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            dir: default_state_dir(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Service {
+    #[serde(default = "default_hosts")]
+    hosts: Vec<String>,
+    #[serde(default = "default_runtime")]
+    runtime: String,
+    command: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default = "default_workdir")]
+    workdir: String,
+    #[serde(default = "one")]
+    instances: usize,
+    #[serde(default = "secs::<10>", with = "crate::duration")]
+    stop_timeout: Duration,
+    #[serde(default)]
+    health: Health,
+    #[serde(default)]
+    switch: Switch,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Health {
+    #[serde(default = "default_health_path")]
+    path: String,
+    #[serde(default = "millis::<1000>", with = "crate::duration")]
+    interval: Duration,
+    #[serde(default = "secs::<1>", with = "crate::duration")]
+    timeout: Duration,
+    #[serde(default = "two")]
+    healthy_threshold: u32,
+    #[serde(default = "three")]
+    unhealthy_threshold: u32,
+    #[serde(default = "secs::<60>", with = "crate::duration")]
+    deadline: Duration,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            path: default_health_path(),
+            interval: millis::<1000>(),
+            timeout: secs::<1>(),
+            healthy_threshold: two(),
+            unhealthy_threshold: three(),
+            deadline: secs::<60>(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Switch {
+    #[serde(default = "secs::<30>", with = "crate::duration")]
+    drain_timeout: Duration,
+    #[serde(default = "secs::<300>", with = "crate::duration")]
+    keep_previous: Duration,
+    #[serde(default)]
+    smoke: Option<Vec<String>>,
+}
+
+impl Default for Switch {
+    fn default() -> Self {
+        Self {
+            drain_timeout: secs::<30>(),
+            keep_previous: secs::<300>(),
+            smoke: None,
+        }
+    }
+}
+
+fn default_listen() -> Vec<SocketAddr> {
+    vec![SocketAddr::from(([127, 0, 0, 1], 8080))]
+}
+fn default_socket() -> PathBuf {
+    PathBuf::from(".baton/baton.sock")
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from(".baton")
+}
+fn default_hosts() -> Vec<String> {
+    vec!["*".to_string()]
+}
+fn default_runtime() -> String {
+    "process".to_string()
+}
+fn default_workdir() -> String {
+    ".".to_string()
+}
+fn default_health_path() -> String {
+    "/healthz".to_string()
+}
+fn one() -> usize {
+    1
+}
+fn two() -> u32 {
+    2
+}
+fn three() -> u32 {
+    3
+}
+fn secs<const N: u64>() -> Duration {
+    Duration::from_secs(N)
+}
+fn millis<const N: u64>() -> Duration {
+    Duration::from_millis(N)
+}
+
+/// Builds the error for one key of the file.
+struct Culprit<'a> {
+    path: &'a Path,
+}
+
+impl Culprit<'_> {
+    fn err(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl File {
+    pub(crate) fn validate(self, path: &Path) -> Result<Config, ConfigError> {
+        let at = Culprit { path };
+        let base = path.parent().unwrap_or(Path::new("."));
+        if self.proxy.listen.is_empty() {
+            return Err(at.err("proxy.listen", "needs at least one address"));
+        }
+        for (key, d) in [
+            ("proxy.connect_timeout", self.proxy.connect_timeout),
+            ("proxy.response_timeout", self.proxy.response_timeout),
+            ("proxy.idle_timeout", self.proxy.idle_timeout),
+        ] {
+            nonzero(&at, key, d)?;
+        }
+        let mut services = BTreeMap::new();
+        let mut claimed: BTreeMap<HostPattern, String> = BTreeMap::new();
+        for (name, raw) in self.services {
+            let service = raw.validate(&at, &name, base)?;
+            for host in &service.hosts {
+                if let Some(other) = claimed.insert(host.clone(), name.clone()) {
+                    return Err(at.err(
+                        format!("services.{name}.hosts"),
+                        format!("host pattern \"{host}\" is already claimed by service {other:?}"),
+                    ));
+                }
+            }
+            services.insert(name, service);
+        }
+        Ok(Config {
+            path: path.to_path_buf(),
+            proxy: ProxyConfig {
+                listen: self.proxy.listen,
+                connect_timeout: self.proxy.connect_timeout,
+                response_timeout: self.proxy.response_timeout,
+                idle_timeout: self.proxy.idle_timeout,
+            },
+            control_socket: base.join(self.control.socket),
+            state_dir: base.join(self.state.dir),
+            services,
+        })
+    }
+}
+
+impl Service {
+    fn validate(self, at: &Culprit, name: &str, base: &Path) -> Result<ServiceConfig, ConfigError> {
+        let key = |k: &str| format!("services.{name}.{k}");
+        let valid_name = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !valid_name {
+            return Err(at.err(
+                format!("services.{name}"),
+                "service names may use only letters, digits, '-' and '_'",
+            ));
+        }
+        let runtime = match self.runtime.as_str() {
+            "process" => RuntimeKind::Process,
+            other => {
+                return Err(at.err(
+                    key("runtime"),
+                    format!("unknown runtime {other:?} (expected \"process\")"),
+                ))
+            }
+        };
+        if self.command.is_empty() || self.command[0].trim().is_empty() {
+            return Err(at.err(key("command"), "must name a program to run"));
+        }
+        let hosts = self
+            .hosts
+            .iter()
+            .map(|h| HostPattern::parse(h))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|m| at.err(key("hosts"), m))?;
+        if hosts.is_empty() {
+            return Err(at.err(key("hosts"), "needs at least one pattern (\"*\" for all)"));
+        }
+        let templates = |k: &str, items: &[String], vars: &[&str]| {
+            items
+                .iter()
+                .map(|s| Template::new(s, vars))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|m| at.err(key(k), m))
+        };
+        let command = templates("command", &self.command, INSTANCE_VARS)?;
+        let env = self
+            .env
+            .iter()
+            .map(|(k, v)| {
+                Template::new(v, INSTANCE_VARS)
+                    .map(|t| (k.clone(), t))
+                    .map_err(|m| at.err(key(&format!("env.{k}")), m))
+            })
+            .collect::<Result<BTreeMap<_, _>, _>>()?;
+        let workdir = base.join(&self.workdir);
+        let workdir = Template::new(&workdir.to_string_lossy(), INSTANCE_VARS)
+            .map_err(|m| at.err(key("workdir"), m))?;
+        if self.instances == 0 {
+            return Err(at.err(key("instances"), "must be at least 1"));
+        }
+        let smoke = match self.switch.smoke {
+            Some(cmd) if cmd.is_empty() => {
+                return Err(at.err(key("switch.smoke"), "must name a program to run"))
+            }
+            Some(cmd) => Some(templates("switch.smoke", &cmd, SMOKE_VARS)?),
+            None => None,
+        };
+        let h = self.health;
+        if !h.path.starts_with('/') {
+            return Err(at.err(key("health.path"), "must start with '/'"));
+        }
+        for (k, d) in [
+            ("health.interval", h.interval),
+            ("health.timeout", h.timeout),
+            ("health.deadline", h.deadline),
+            ("switch.drain_timeout", self.switch.drain_timeout),
+        ] {
+            nonzero(at, &key(k), d)?;
+        }
+        for (k, n) in [
+            ("health.healthy_threshold", h.healthy_threshold),
+            ("health.unhealthy_threshold", h.unhealthy_threshold),
+        ] {
+            if n == 0 {
+                return Err(at.err(key(k), "must be at least 1"));
+            }
+        }
+        Ok(ServiceConfig {
+            name: name.to_string(),
+            hosts,
+            runtime,
+            command,
+            env,
+            workdir,
+            instances: self.instances,
+            stop_timeout: self.stop_timeout,
+            health: HealthConfig {
+                path: h.path,
+                interval: h.interval,
+                timeout: h.timeout,
+                healthy_threshold: h.healthy_threshold,
+                unhealthy_threshold: h.unhealthy_threshold,
+                deadline: h.deadline,
+            },
+            switch: SwitchConfig {
+                drain_timeout: self.switch.drain_timeout,
+                keep_previous: self.switch.keep_previous,
+                smoke,
+            },
+        })
+    }
+}
+
+fn nonzero(at: &Culprit, key: &str, d: Duration) -> Result<(), ConfigError> {
+    if d.is_zero() {
+        return Err(at.err(key, "must be longer than 0s"));
+    }
+    Ok(())
+}
