@@ -37,7 +37,9 @@ fn parse(text: &str) -> Result<Config, ConfigError> {
 }
 
 fn error(text: &str) -> String {
-    parse(text).expect_err("config should be rejected").to_string()
+    parse(text)
+        .expect_err("config should be rejected")
+        .to_string()
 }
 
 #[test]
@@ -85,12 +87,16 @@ fn service_without_command_is_rejected() {
 #[test]
 fn unknown_placeholder_is_rejected() {
     let e = error("[services.web]\ncommand = [\"app\", \"{prot}\"]\n");
-    assert!(e.contains("services.web.command") && e.contains("{prot}"), "{e}");
+    assert!(
+        e.contains("services.web.command") && e.contains("{prot}"),
+        "{e}"
+    );
 }
 
 #[test]
 fn bad_duration_names_line() {
-    let e = error("[services.web]\ncommand = [\"app\"]\n[services.web.health]\ninterval = \"fast\"\n");
+    let e =
+        error("[services.web]\ncommand = [\"app\"]\n[services.web.health]\ninterval = \"fast\"\n");
     assert!(e.starts_with("/etc/app/baton.toml:4:"), "{e}");
     assert!(e.contains("fast"), "{e}");
 }

@@ -1,0 +1,286 @@
+//! A target is one running instance the proxy can send requests to; a pool is
+//! the set of targets of one release (a service's color), load balanced.
+//!
+//! Targets count what is in flight to them, so that a drain knows when the
+//! last request to an old release has finished. A request increments the
+//! count the moment it picks the target, before any await, and then checks
+//! that the pool has not been retired in the meantime (see [`Pool::pick`]):
+//! that handshake is what makes "drained" exact rather than a guess.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use baton_core::Color;
+use http::uri::Authority;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// One instance behind the proxy.
+#[derive(Debug)]
+pub struct Target {
+    addr: SocketAddr,
+    /// `addr` preformatted for request URIs, so forwarding does not format it each time.
+    pub(crate) authority: Authority,
+    healthy: AtomicBool,
+    /// Requests and upgraded connections currently using this target.
+    in_flight: AtomicUsize,
+    /// Upgraded (WebSocket and other) connections among them.
+    upgraded: AtomicUsize,
+    pub(crate) successes: AtomicU32,
+    pub(crate) failures: AtomicU32,
+}
+
+impl Target {
+    /// A target that takes no traffic until its health check passes.
+    pub fn new(addr: SocketAddr) -> Self {
+        Self::with_health(addr, false)
+    }
+
+    /// A target known to be serving (one adopted after a restart, say); the
+    /// health check still takes it out if it stops answering.
+    pub fn with_health(addr: SocketAddr, healthy: bool) -> Self {
+        let authority = Authority::try_from(addr.to_string().as_str())
+            .unwrap_or_else(|_| Authority::from_static("127.0.0.1"));
+        Self {
+            addr,
+            authority,
+            healthy: AtomicBool::new(healthy),
+            in_flight: AtomicUsize::new(0),
+            upgraded: AtomicUsize::new(0),
+            successes: AtomicU32::new(0),
+            failures: AtomicU32::new(0),
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_healthy(&self, healthy: bool) -> bool {
+        self.healthy.swap(healthy, Ordering::Relaxed) != healthy
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    pub fn upgraded(&self) -> usize {
+        self.upgraded.load(Ordering::Relaxed)
+    }
+}
+
+/// The targets of one release, and what a drain needs to know about them.
+#[derive(Debug)]
+pub struct Pool {
+    pub color: Color,
+    pub version: String,
+    targets: Vec<Arc<Target>>,
+    next: AtomicUsize,
+    /// Set once the pool is no longer live: new requests must not pick it.
+    retired: AtomicBool,
+    /// Wakes a drain when the last in-flight request ends, and health waiters
+    /// when a target's health changes.
+    changed: Notify,
+    /// Cancelled when a drain times out: upgraded connections close themselves.
+    pub(crate) closing: CancellationToken,
+}
+
+impl Pool {
+    pub fn new(color: Color, version: impl Into<String>, targets: Vec<Arc<Target>>) -> Self {
+        Self {
+            color,
+            version: version.into(),
+            targets,
+            next: AtomicUsize::new(0),
+            retired: AtomicBool::new(false),
+            changed: Notify::new(),
+            closing: CancellationToken::new(),
+        }
+    }
+
+    pub fn targets(&self) -> &[Arc<Target>] {
+        &self.targets
+    }
+
+    /// True when every target passed its health check.
+    pub fn all_healthy(&self) -> bool {
+        self.targets.iter().all(|t| t.is_healthy())
+    }
+
+    /// Requests and upgraded connections in flight to any target of the pool.
+    pub fn in_flight(&self) -> usize {
+        self.targets.iter().map(|t| t.in_flight()).sum()
+    }
+
+    /// Picks the next healthy target round-robin and counts the request on it.
+    ///
+    /// Returns `Err(Retired)` when the pool stopped being live between the
+    /// route-table load and the pick; the caller then loads the table again.
+    /// The SeqCst increment-then-check here pairs with the SeqCst
+    /// retire-then-read in [`Pool::retire`]: either the drain sees this
+    /// request, or this request sees the retirement.
+    pub(crate) fn pick(self: &Arc<Self>) -> Result<Option<InFlight>, Retired> {
+        let n = self.targets.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        for i in 0..n {
+            let target = &self.targets[(start + i) % n];
+            if !target.is_healthy() {
+                continue;
+            }
+            target.in_flight.fetch_add(1, Ordering::SeqCst);
+            let guard = InFlight {
+                pool: self.clone(),
+                target: target.clone(),
+            };
+            if self.retired.load(Ordering::SeqCst) {
+                return Err(Retired);
+            }
+            return Ok(Some(guard));
+        }
+        Ok(None)
+    }
+
+    /// Marks the pool as no longer live. Call after the route table stopped
+    /// pointing at it; from then on [`Pool::in_flight`] only goes down.
+    pub(crate) fn retire(&self) {
+        self.retired.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::SeqCst)
+    }
+
+    /// Resolves at the next health change or in-flight drop to zero.
+    pub(crate) fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
+    }
+
+    pub(crate) fn notify(&self) {
+        self.changed.notify_waiters();
+    }
+
+    /// Waits until every target is healthy; pair with a deadline.
+    pub async fn wait_healthy(&self) {
+        loop {
+            let changed = self.changed();
+            if self.all_healthy() {
+                return;
+            }
+            changed.await;
+        }
+    }
+}
+
+/// The pool was retired while a request was picking from it.
+#[derive(Debug)]
+pub(crate) struct Retired;
+
+/// One request or upgraded connection using a target; counted until dropped.
+#[derive(Debug)]
+pub(crate) struct InFlight {
+    pool: Arc<Pool>,
+    target: Arc<Target>,
+}
+
+impl InFlight {
+    pub(crate) fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// Counts this as an upgraded connection for as long as it lives.
+    pub(crate) fn upgraded(self) -> Upgraded {
+        self.target.upgraded.fetch_add(1, Ordering::Relaxed);
+        Upgraded(self)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let before = self.target.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if before == 1 && self.pool.is_retired() {
+            self.pool.notify();
+        }
+    }
+}
+
+/// An upgraded connection's hold on its target.
+#[derive(Debug)]
+pub(crate) struct Upgraded(InFlight);
+
+impl Upgraded {
+    pub(crate) fn closing(&self) -> &CancellationToken {
+        &self.0.pool.closing
+    }
+}
+
+impl Drop for Upgraded {
+    fn drop(&mut self) {
+        self.0.target.upgraded.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(n: u16) -> Arc<Pool> {
+        let targets = (0..n)
+            .map(|i| {
+                Arc::new(Target::with_health(
+                    SocketAddr::from(([127, 0, 0, 1], 9000 + i)),
+                    true,
+                ))
+            })
+            .collect();
+        Arc::new(Pool::new(Color::Blue, "v1", targets))
+    }
+
+    #[test]
+    fn picks_round_robin_over_healthy_targets() {
+        let p = pool(3);
+        p.targets()[1].set_healthy(false);
+        let picked: Vec<u16> = (0..4)
+            .map(|_| p.pick().unwrap().unwrap().target().addr().port())
+            .collect();
+        assert!(!picked.contains(&9001), "{picked:?}");
+        assert!(
+            picked.contains(&9000) && picked.contains(&9002),
+            "{picked:?}"
+        );
+    }
+
+    #[test]
+    fn no_healthy_target_picks_none() {
+        let p = pool(2);
+        for t in p.targets() {
+            t.set_healthy(false);
+        }
+        assert!(p.pick().unwrap().is_none());
+    }
+
+    #[test]
+    fn in_flight_counts_until_dropped() {
+        let p = pool(1);
+        let a = p.pick().unwrap().unwrap();
+        let b = p.pick().unwrap().unwrap().upgraded();
+        assert_eq!(p.in_flight(), 2);
+        assert_eq!(p.targets()[0].upgraded(), 1);
+        drop(a);
+        drop(b);
+        assert_eq!(p.in_flight(), 0);
+        assert_eq!(p.targets()[0].upgraded(), 0);
+    }
+
+    #[test]
+    fn a_retired_pool_refuses_picks_and_leaves_no_count() {
+        let p = pool(1);
+        p.retire();
+        assert!(p.pick().is_err());
+        assert_eq!(p.in_flight(), 0);
+    }
+}
