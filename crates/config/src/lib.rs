@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use template::{Template, Vars};
+pub use template::{Template, Vars, INSTANCE_VARS, SMOKE_VARS};
 
 /// A configuration that failed to load; its `Display` is the one line a user sees.
 #[derive(Debug, thiserror::Error)]

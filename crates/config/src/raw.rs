@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::template::{INSTANCE_VARS, SMOKE_VARS};
 use crate::{
     Config, ConfigError, HealthConfig, HostPattern, ProxyConfig, RuntimeKind, ServiceConfig,
     SwitchConfig, Template,
 };
+use crate::{INSTANCE_VARS, SMOKE_VARS};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

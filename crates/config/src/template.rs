@@ -19,13 +19,13 @@ pub struct Vars<'a> {
 }
 
 /// Placeholders allowed where an instance is started.
-pub(crate) const INSTANCE_VARS: &[&str] = &["port", "version", "color", "service"];
+pub const INSTANCE_VARS: &[&str] = &["port", "version", "color", "service"];
 /// Placeholders allowed in the smoke command.
-pub(crate) const SMOKE_VARS: &[&str] = &["version", "color", "service", "preview_url"];
+pub const SMOKE_VARS: &[&str] = &["version", "color", "service", "preview_url"];
 
 impl Template {
     /// Checks every `{name}` against `allowed`; `{{` and `}}` are literal braces.
-    pub(crate) fn new(s: &str, allowed: &[&str]) -> Result<Self, String> {
+    pub fn new(s: &str, allowed: &[&str]) -> Result<Self, String> {
         let mut rest = s;
         while let Some(i) = rest.find(['{', '}']) {
             let after = &rest[i + 1..];

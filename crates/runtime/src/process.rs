@@ -1,0 +1,249 @@
+//! The process runtime: each instance is a local process in its own process
+//! group, so that stopping it reaches every worker it forked (gunicorn's, say).
+//!
+//! Instances outlive baton on purpose: if `baton serve` dies, the apps keep
+//! running and the next `baton serve` adopts them (pid plus start time, from
+//! the store) instead of restarting them.
+
+use std::collections::HashMap;
+use std::fs::OpenOptions;
+use std::io::{Read, Seek, SeekFrom};
+use std::net::{SocketAddr, TcpListener};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use baton_config::Vars;
+
+use crate::{Instance, InstanceSpec, Runtime, RuntimeError};
+
+/// Runs instances as local processes.
+#[derive(Debug, Default)]
+pub struct ProcessRuntime {
+    /// The children this baton started, by pid, with their exit status once reaped.
+    children: Arc<Mutex<HashMap<u32, Option<ExitStatus>>>>,
+}
+
+impl ProcessRuntime {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl Runtime for ProcessRuntime {
+    async fn start(&self, spec: &InstanceSpec) -> Result<Instance, RuntimeError> {
+        let port = free_port()?;
+        let vars = Vars {
+            port: Some(port),
+            version: &spec.version,
+            color: spec.color.as_str(),
+            service: &spec.service,
+            preview_url: None,
+        };
+        let argv: Vec<String> = spec.command.iter().map(|t| t.render(&vars)).collect();
+        let workdir = PathBuf::from(spec.workdir.render(&vars));
+        if !workdir.is_dir() {
+            return Err(RuntimeError::NoWorkdir(workdir));
+        }
+        let log = open_log(&spec.log)?;
+        let log_err = log.try_clone().map_err(|source| RuntimeError::Io {
+            what: format!("log {}", spec.log.display()),
+            source,
+        })?;
+        let program = &argv[0];
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(&argv[1..])
+            .current_dir(&workdir)
+            .envs(spec.env.iter().map(|(k, v)| (k, v.render(&vars))))
+            .env("PORT", port.to_string())
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .process_group(0)
+            .kill_on_drop(false);
+        let mut child = cmd.spawn().map_err(|source| RuntimeError::Spawn {
+            program: program.clone(),
+            source,
+        })?;
+        let pid = child.id().unwrap_or(0);
+        let start_ticks = start_ticks(pid).unwrap_or(0);
+        if let Ok(mut children) = self.children.lock() {
+            children.insert(pid, None);
+        }
+        let children = self.children.clone();
+        tokio::spawn(async move {
+            if let Ok(status) = child.wait().await {
+                if let Ok(mut children) = children.lock() {
+                    children.insert(pid, Some(status));
+                }
+            }
+        });
+        tracing::info!(service = %spec.service, version = %spec.version, color = %spec.color, pid, port, "instance started");
+        Ok(Instance {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            pid,
+            start_ticks,
+            log: spec.log.clone(),
+        })
+    }
+
+    fn exited(&self, instance: &Instance) -> Option<String> {
+        let child = self
+            .children
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&instance.pid).copied());
+        match child {
+            // Our own child: its reaper knows how it ended.
+            Some(status) => status.map(describe),
+            // Adopted after a restart: all we can tell is whether it still runs.
+            None => (!is_alive(instance)).then(|| "the process is gone".to_string()),
+        }
+    }
+
+    async fn stop(&self, instance: &Instance, grace: Duration) {
+        if !is_alive(instance) && !group_alive(instance.pid) {
+            return;
+        }
+        let pgid = instance.pid as libc::pid_t;
+        signal_group(pgid, libc::SIGTERM);
+        if wait_group_gone(pgid, grace).await {
+            return;
+        }
+        tracing::warn!(
+            pid = instance.pid,
+            "instance ignored SIGTERM for {grace:?}: SIGKILL"
+        );
+        signal_group(pgid, libc::SIGKILL);
+        wait_group_gone(pgid, Duration::from_secs(5)).await;
+    }
+
+    fn log_tail(&self, instance: &Instance, lines: usize) -> String {
+        tail(&instance.log, lines)
+    }
+}
+
+/// A port nobody listens on right now, for the instance to bind.
+fn free_port() -> Result<u16, RuntimeError> {
+    TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|source| RuntimeError::Io {
+            what: "choosing a port".into(),
+            source,
+        })
+}
+
+fn open_log(path: &Path) -> Result<std::fs::File, RuntimeError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|source| RuntimeError::Io {
+            what: format!("creating {}", dir.display()),
+            source,
+        })?;
+    }
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|source| RuntimeError::Io {
+            what: format!("log {}", path.display()),
+            source,
+        })
+}
+
+fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => "exited".to_string(),
+    }
+}
+
+/// Field 22 of /proc/PID/stat: when the process started, in clock ticks.
+fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; fields after it are plain.
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    after_name.split(' ').nth(19)?.parse().ok()
+}
+
+/// True while the recorded process runs (and is not a zombie, nor a newer
+/// process that reused its pid).
+fn is_alive(instance: &Instance) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", instance.pid)).unwrap_or_default();
+    let state = stat.rfind(')').and_then(|i| stat.get(i + 2..i + 3));
+    let running = matches!(state, Some(s) if s != "Z" && s != "X");
+    running && start_ticks(instance.pid) == Some(instance.start_ticks)
+}
+
+fn signal_group(pgid: libc::pid_t, signal: libc::c_int) {
+    // SAFETY: kill(2) with a negative pid signals a process group; no memory is involved.
+    unsafe {
+        libc::kill(-pgid, signal);
+    }
+}
+
+fn group_alive(pgid: u32) -> bool {
+    // SAFETY: signal 0 only checks whether the group exists.
+    unsafe { libc::kill(-(pgid as libc::pid_t), 0) == 0 }
+}
+
+/// Waits until no process of the group is left, up to `limit`.
+async fn wait_group_gone(pgid: libc::pid_t, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if !group_alive(pgid as u32) || group_only_zombies(pgid) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// True when every process left in the group is a zombie waiting to be reaped.
+fn group_only_zombies(pgid: libc::pid_t) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        // Fields after the name: state (0), ppid (1), pgrp (2).
+        if fields.get(2).and_then(|g| g.parse::<libc::pid_t>().ok()) == Some(pgid)
+            && fields.first() != Some(&"Z")
+        {
+            return false;
+        }
+    }
+    true
+}
+
+/// The last `lines` lines of a file (reads at most its last 64 KiB).
+fn tail(path: &Path, lines: usize) -> String {
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests;
