@@ -105,6 +105,8 @@ pub struct SwitchConfig {
     pub keep_previous: Duration,
     /// Run against the candidate's preview route before the switch.
     pub smoke: Option<Vec<Template>>,
+    /// Longest the smoke command may run before it counts as failed.
+    pub smoke_timeout: Duration,
 }
 
 /// A Host header pattern a service answers to.

@@ -144,6 +144,8 @@ struct Switch {
     keep_previous: Duration,
     #[serde(default)]
     smoke: Option<Vec<String>>,
+    #[serde(default = "secs::<60>", with = "crate::duration")]
+    smoke_timeout: Duration,
 }
 
 impl Default for Switch {
@@ -152,6 +154,7 @@ impl Default for Switch {
             drain_timeout: secs::<30>(),
             keep_previous: secs::<300>(),
             smoke: None,
+            smoke_timeout: secs::<60>(),
         }
     }
 }
@@ -324,6 +327,7 @@ impl Service {
             ("health.timeout", h.timeout),
             ("health.deadline", h.deadline),
             ("switch.drain_timeout", self.switch.drain_timeout),
+            ("switch.smoke_timeout", self.switch.smoke_timeout),
         ] {
             nonzero(at, &key(k), d)?;
         }
@@ -356,6 +360,7 @@ impl Service {
                 drain_timeout: self.switch.drain_timeout,
                 keep_previous: self.switch.keep_previous,
                 smoke,
+                smoke_timeout: self.switch.smoke_timeout,
             },
         })
     }

@@ -1,0 +1,176 @@
+//! The orchestrator runs the release pipeline for every service: start the
+//! candidate, wait for the proxy's health checks, smoke-test it, switch,
+//! drain and retire the old release, roll back.
+//!
+//! It executes the pure state machine of `baton_core::Deploy` against the
+//! real parts: a [`Runtime`] for instances, a [`Traffic`] backend for the
+//! switch, and the [`Store`] for intent and outcome.
+//!
+//! - `pipeline`: one deploy or rollback, step by step.
+//! - `retire`: draining, keeping warm, and stopping a previous release.
+//! - `recover`: what a restarted baton does with what it finds.
+//! - `view`: what `status` reports.
+
+mod pipeline;
+mod recover;
+mod retire;
+mod service;
+mod view;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use baton_config::Config;
+use baton_core::{DeployKind, Phase};
+use baton_proxy::Prober;
+use baton_runtime::Runtime;
+use baton_store::{DeployRecord, Store, StoreError};
+use baton_traffic::Traffic;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc::UnboundedSender;
+
+use service::ServiceState;
+pub use view::{DeployStatus, ReleaseStatus, ServiceStatus, TargetStatus};
+
+/// Why a deploy or rollback was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error("unknown service {0:?}")]
+    UnknownService(String),
+    #[error("a deploy of {service} is already running: {running}")]
+    Busy { service: String, running: String },
+    #[error("{service}: nothing to roll back to")]
+    NothingToRollBack { service: String },
+    #[error("deploy of {} {} failed: {}", .0.service, .0.version, .0.error.as_deref().unwrap_or("unknown error"))]
+    Failed(Box<DeployRecord>),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// One step of a deploy, streamed to the CLI as it happens.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Progress {
+    pub deploy: i64,
+    pub phase: Phase,
+    pub message: String,
+    pub at_ms: i64,
+}
+
+/// Where a deploy reports its progress; a closed receiver is fine.
+pub type ProgressTx = UnboundedSender<Progress>;
+
+/// Who asked for a deploy, for the history.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Request {
+    pub version: String,
+    pub requested_by: String,
+}
+
+/// Everything the pipelines of all services share.
+pub(crate) struct Shared {
+    pub(crate) traffic: Arc<dyn Traffic>,
+    pub(crate) prober: Prober,
+    pub(crate) runtime: Arc<dyn Runtime>,
+    pub(crate) store: Arc<Store>,
+    pub(crate) logs: PathBuf,
+    /// The directory smoke commands run in: the config file's.
+    pub(crate) workdir: PathBuf,
+}
+
+/// The pipelines of every configured service.
+pub struct Orchestrator {
+    shared: Arc<Shared>,
+    services: BTreeMap<String, Arc<ServiceState>>,
+}
+
+impl Orchestrator {
+    pub fn new(
+        config: &Config,
+        traffic: Arc<dyn Traffic>,
+        prober: Prober,
+        runtime: Arc<dyn Runtime>,
+        store: Arc<Store>,
+    ) -> Self {
+        let shared = Arc::new(Shared {
+            traffic,
+            prober,
+            runtime,
+            store,
+            logs: config.state_dir.join("logs"),
+            workdir: config
+                .path
+                .parent()
+                .map(|p| p.to_path_buf())
+                .unwrap_or_else(|| PathBuf::from(".")),
+        });
+        let services = config
+            .services
+            .values()
+            .map(|cfg| (cfg.name.clone(), Arc::new(ServiceState::new(cfg.clone()))))
+            .collect();
+        Self { shared, services }
+    }
+
+    fn service(&self, name: &str) -> Result<&Arc<ServiceState>, DeployError> {
+        self.services
+            .get(name)
+            .ok_or_else(|| DeployError::UnknownService(name.to_string()))
+    }
+
+    /// Deploys `req.version` of `service`; returns once traffic is on it, or
+    /// with the reason it was refused (traffic untouched).
+    pub async fn deploy(
+        &self,
+        service: &str,
+        req: &Request,
+        progress: ProgressTx,
+    ) -> Result<DeployRecord, DeployError> {
+        let svc = self.service(service)?;
+        let claim = svc.claim(DeployKind::Deploy, &req.version)?;
+        let mut slots = svc.slots.lock().await;
+        pipeline::deploy(&self.shared, svc, &mut slots, claim, req, progress).await
+    }
+
+    /// Back to the previous release (or `to`): an instant switch while the
+    /// previous release still runs, a regular deploy of it otherwise.
+    pub async fn rollback(
+        &self,
+        service: &str,
+        to: Option<&str>,
+        requested_by: &str,
+        progress: ProgressTx,
+    ) -> Result<DeployRecord, DeployError> {
+        let svc = self.service(service)?;
+        let claim = svc.claim(DeployKind::Rollback, to.unwrap_or("previous"))?;
+        let mut slots = svc.slots.lock().await;
+        pipeline::rollback(&self.shared, svc, &mut slots, claim, to, requested_by, progress).await
+    }
+
+    /// Finds what ran before a restart and serves it again.
+    pub async fn recover(&self) -> Result<(), StoreError> {
+        for svc in self.services.values() {
+            let mut slots = svc.slots.lock().await;
+            recover::service(&self.shared, svc, &mut slots).await?;
+        }
+        Ok(())
+    }
+
+    /// What every service (or one) runs now.
+    pub fn status(&self, service: Option<&str>) -> Result<Vec<ServiceStatus>, DeployError> {
+        let chosen: Vec<&Arc<ServiceState>> = match service {
+            Some(name) => vec![self.service(name)?],
+            None => self.services.values().collect(),
+        };
+        chosen
+            .into_iter()
+            .map(|svc| view::status(&self.shared, svc).map_err(DeployError::from))
+            .collect()
+    }
+
+    /// A service's deploys, newest first.
+    pub fn history(&self, service: &str, limit: usize) -> Result<Vec<DeployRecord>, DeployError> {
+        self.service(service)?;
+        Ok(self.shared.store.history(service, limit)?)
+    }
+}

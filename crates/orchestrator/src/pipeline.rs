@@ -1,0 +1,453 @@
+//! One deploy or rollback, carried out step by step.
+//!
+//! The order of steps is not decided here: `baton_core::Deploy` says what to
+//! do next, this module does it against the runtime, the traffic backend and
+//! the store, and reports what happened back as an event.
+
+use std::collections::VecDeque;
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use baton_config::Vars;
+use baton_core::{Action, Color, Deploy, DeployKind, Event, Phase};
+use baton_proxy::{HealthCheck, Pool, Target};
+use baton_runtime::{Instance, InstanceSpec};
+use baton_store::{now_ms, DeployRecord, Release, Role};
+
+use crate::retire;
+use crate::service::{Claim, Live, ServiceState, Slots};
+use crate::view::phase_name;
+use crate::{DeployError, Progress, ProgressTx, Request, Shared};
+
+/// How often exits of candidate instances are looked for while waiting.
+const EXIT_POLL: Duration = Duration::from_millis(100);
+
+/// Deploys a new version into the idle color.
+pub(crate) async fn deploy(
+    shared: &Arc<Shared>,
+    svc: &Arc<ServiceState>,
+    slots: &mut Slots,
+    claim: Claim<'_>,
+    req: &Request,
+    progress: ProgressTx,
+) -> Result<DeployRecord, DeployError> {
+    let color = slots
+        .active
+        .as_ref()
+        .map(|a| a.color.other())
+        .unwrap_or(Color::Blue);
+    let run = Run::begin(shared, svc, claim, progress, DeployKind::Deploy, &req.version, color, &req.requested_by)?;
+    let live = slots
+        .active
+        .as_ref()
+        .map(|a| format!("{} ({}) is live", a.version, a.color))
+        .unwrap_or_else(|| "nothing live yet".to_string());
+    run.say(format!("deploying {} to {color}; {live}", req.version));
+    if let Some(previous) = slots.previous.take() {
+        run.say(format!(
+            "retiring {} ({}) first to free its color",
+            previous.version, previous.color
+        ));
+        previous.hurry.cancel();
+        let _ = previous.task.await;
+    }
+    let smoke = svc.cfg.switch.smoke.is_some();
+    run.execute(Deploy::begin(DeployKind::Deploy, &req.version, color, smoke), slots)
+        .await
+}
+
+/// Switches back to the previous release if it still runs and is healthy;
+/// deploys it again otherwise.
+pub(crate) async fn rollback(
+    shared: &Arc<Shared>,
+    svc: &Arc<ServiceState>,
+    slots: &mut Slots,
+    claim: Claim<'_>,
+    to: Option<&str>,
+    requested_by: &str,
+    progress: ProgressTx,
+) -> Result<DeployRecord, DeployError> {
+    let name = &svc.cfg.name;
+    let target = match to {
+        Some(v) => v.to_string(),
+        None => match slots.previous.as_ref().map(|p| p.version.clone()) {
+            Some(v) => v,
+            None => last_other_version(shared, name, slots)?
+                .ok_or_else(|| DeployError::NothingToRollBack {
+                    service: name.clone(),
+                })?,
+        },
+    };
+    if let Some(previous) = slots.previous.take_if(|p| p.version == target) {
+        previous.revive.cancel();
+        if let Ok(Some(old)) = previous.task.await {
+            svc.view().previous = None;
+            if old.pool.all_healthy() {
+                return instant_rollback(shared, svc, slots, claim, old, requested_by, progress).await;
+            }
+            retire::stop(shared, svc, &old).await;
+            shared.store.remove_release(name, old.color)?;
+        }
+        svc.view().previous = None;
+    }
+    claim.update(|d| d.version = target.clone());
+    let req = Request {
+        version: target,
+        requested_by: requested_by.to_string(),
+    };
+    deploy(shared, svc, slots, claim, &req, progress).await
+}
+
+/// The previous release still runs and is healthy: the rollback is a switch.
+async fn instant_rollback(
+    shared: &Arc<Shared>,
+    svc: &Arc<ServiceState>,
+    slots: &mut Slots,
+    claim: Claim<'_>,
+    old: Live,
+    requested_by: &str,
+    progress: ProgressTx,
+) -> Result<DeployRecord, DeployError> {
+    let (color, version) = (old.color, old.version.clone());
+    let mut run = Run::begin(shared, svc, claim, progress, DeployKind::Rollback, &version, color, requested_by)?;
+    run.say(format!("rolling back to {version} ({color}), still running"));
+    // A fresh pool over the same targets: the old one was retired by the switch away from it.
+    let pool = Arc::new(Pool::new(color, version.clone(), old.pool.targets().to_vec()));
+    let health = HealthCheck::start(&shared.prober, &pool, &svc.cfg.health);
+    run.instances = old.instances.clone();
+    run.live = Some(Live {
+        color,
+        version: version.clone(),
+        instances: old.instances,
+        pool,
+        _health: health,
+    });
+    run.execute(Deploy::begin(DeployKind::Rollback, &version, color, false), slots)
+        .await
+}
+
+/// The newest version that served successfully and is not live now.
+fn last_other_version(shared: &Shared, service: &str, slots: &Slots) -> Result<Option<String>, DeployError> {
+    let live = slots.active.as_ref().map(|a| a.version.as_str());
+    Ok(shared
+        .store
+        .history(service, 100)?
+        .into_iter()
+        .find(|d| d.phase == Phase::Done && Some(d.version.as_str()) != live)
+        .map(|d| d.version))
+}
+
+/// The state of one deploy being carried out.
+struct Run<'a> {
+    shared: &'a Arc<Shared>,
+    svc: &'a Arc<ServiceState>,
+    claim: Claim<'a>,
+    progress: ProgressTx,
+    id: i64,
+    color: Color,
+    version: String,
+    phase: Phase,
+    instances: Vec<Instance>,
+    live: Option<Live>,
+}
+
+impl<'a> Run<'a> {
+    #[allow(clippy::too_many_arguments)]
+    fn begin(
+        shared: &'a Arc<Shared>,
+        svc: &'a Arc<ServiceState>,
+        claim: Claim<'a>,
+        progress: ProgressTx,
+        kind: DeployKind,
+        version: &str,
+        color: Color,
+        requested_by: &str,
+    ) -> Result<Self, DeployError> {
+        let id = shared
+            .store
+            .begin_deploy(&svc.cfg.name, kind, version, color, requested_by)?;
+        claim.update(|d| {
+            d.id = Some(id);
+            d.color = Some(color);
+            d.version = version.to_string();
+        });
+        Ok(Self {
+            shared,
+            svc,
+            claim,
+            progress,
+            id,
+            color,
+            version: version.to_string(),
+            phase: Phase::Starting,
+            instances: Vec::new(),
+            live: None,
+        })
+    }
+
+    fn say(&self, message: String) {
+        tracing::info!(service = %self.svc.cfg.name, deploy = self.id, "{message}");
+        let _ = self.progress.send(Progress {
+            deploy: self.id,
+            phase: self.phase,
+            message,
+            at_ms: now_ms(),
+        });
+    }
+
+    /// Runs the state machine to its end.
+    async fn execute(
+        mut self,
+        (mut machine, first): (Deploy, Vec<Action>),
+        slots: &mut Slots,
+    ) -> Result<DeployRecord, DeployError> {
+        let mut queue: VecDeque<Action> = first.into();
+        while let Some(action) = queue.pop_front() {
+            self.enter(machine.phase)?;
+            let event = match action {
+                Action::StartCandidate => self.start().await,
+                Action::AwaitHealthy => self.await_healthy().await,
+                Action::RunSmoke => self.smoke().await,
+                Action::Switch => self.switch(slots)?,
+                Action::StopCandidate => {
+                    self.stop_candidate(&machine).await?;
+                    continue;
+                }
+            };
+            queue.extend(machine.on(event));
+        }
+        let record = self
+            .shared
+            .store
+            .last_deploy(&self.svc.cfg.name)?
+            .filter(|r| r.id == self.id);
+        match (machine.phase, record) {
+            (Phase::Done, Some(record)) => Ok(record),
+            (_, Some(record)) => Err(DeployError::Failed(Box::new(record))),
+            (_, None) => Err(DeployError::NothingToRollBack {
+                service: self.svc.cfg.name.clone(),
+            }),
+        }
+    }
+
+    /// Records a new phase before its work begins: the store always holds
+    /// the intent, so a restart knows what was under way.
+    fn enter(&mut self, phase: Phase) -> Result<(), DeployError> {
+        if phase == self.phase || phase.is_final() {
+            return Ok(());
+        }
+        self.phase = phase;
+        self.shared.store.set_phase(self.id, phase)?;
+        self.claim.set_phase(phase);
+        self.say(format!("{}", phase_name(phase)));
+        Ok(())
+    }
+
+    async fn start(&mut self) -> Event {
+        let cfg = &self.svc.cfg;
+        for index in 0..cfg.instances {
+            let spec = InstanceSpec {
+                service: cfg.name.clone(),
+                version: self.version.clone(),
+                color: self.color,
+                index,
+                command: cfg.command.clone(),
+                env: cfg.env.clone(),
+                workdir: cfg.workdir.clone(),
+                log: self.shared.logs.join(log_name(&cfg.name, &self.version, self.color, index)),
+            };
+            match self.shared.runtime.start(&spec).await {
+                Ok(instance) => self.instances.push(instance),
+                Err(e) => return Event::StartFailed(e.to_string()),
+            }
+        }
+        let release = Release {
+            service: cfg.name.clone(),
+            color: self.color,
+            version: self.version.clone(),
+            role: Role::Candidate,
+            instances: self.instances.clone(),
+            retire_at: None,
+        };
+        if let Err(e) = self.shared.store.put_release(&release) {
+            return Event::StartFailed(e.to_string());
+        }
+        let addrs: Vec<String> = self.instances.iter().map(|i| i.addr.to_string()).collect();
+        self.say(format!("started {} instance(s) on {}", addrs.len(), addrs.join(", ")));
+        Event::Started
+    }
+
+    async fn await_healthy(&mut self) -> Event {
+        let targets = self
+            .instances
+            .iter()
+            .map(|i| Arc::new(Target::new(i.addr)))
+            .collect();
+        let pool = Arc::new(Pool::new(self.color, self.version.clone(), targets));
+        let health = HealthCheck::start(&self.shared.prober, &pool, &self.svc.cfg.health);
+        self.live = Some(Live {
+            color: self.color,
+            version: self.version.clone(),
+            instances: self.instances.clone(),
+            pool: pool.clone(),
+            _health: health,
+        });
+        let started = Instant::now();
+        let deadline = tokio::time::sleep(self.svc.cfg.health.deadline);
+        tokio::pin!(deadline);
+        let mut poll = tokio::time::interval(EXIT_POLL);
+        loop {
+            tokio::select! {
+                _ = pool.wait_healthy() => {
+                    self.say(format!("all {} target(s) healthy after {:.1}s", pool.targets().len(), started.elapsed().as_secs_f64()));
+                    return Event::Healthy;
+                }
+                _ = &mut deadline => {
+                    let healthy = pool.targets().iter().filter(|t| t.is_healthy()).count();
+                    self.say(format!("{healthy} of {} target(s) healthy at the deadline", pool.targets().len()));
+                    return Event::DeadlinePassed;
+                }
+                _ = poll.tick() => {
+                    if let Some(why) = self.exited() {
+                        return Event::Exited(why);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The first candidate instance found to have exited, described.
+    fn exited(&self) -> Option<String> {
+        self.instances.iter().enumerate().find_map(|(i, inst)| {
+            self.shared
+                .runtime
+                .exited(inst)
+                .map(|why| format!("instance {i} ({}) {why}", inst.addr))
+        })
+    }
+
+    async fn smoke(&mut self) -> Event {
+        let (Some(command), Some(live)) = (&self.svc.cfg.switch.smoke, &self.live) else {
+            return Event::SmokePassed;
+        };
+        let preview = match self.shared.traffic.preview(&self.svc.cfg.name, &live.pool).await {
+            Ok(p) => p,
+            Err(e) => return Event::SmokeFailed(e.to_string()),
+        };
+        let vars = Vars {
+            port: None,
+            version: &self.version,
+            color: self.color.as_str(),
+            service: &self.svc.cfg.name,
+            preview_url: Some(&preview.url),
+        };
+        let argv: Vec<String> = command.iter().map(|t| t.render(&vars)).collect();
+        self.say(format!("smoke: {} (preview {})", argv.join(" "), preview.url));
+        let outcome = run_smoke(&argv, &self.shared.workdir, &preview.url, self.svc.cfg.switch.smoke_timeout).await;
+        match outcome {
+            Ok(()) => Event::SmokePassed,
+            Err(why) => Event::SmokeFailed(why),
+        }
+    }
+
+    /// The switch, then the old release starts retiring.
+    fn switch(&mut self, slots: &mut Slots) -> Result<Event, DeployError> {
+        let name = &self.svc.cfg.name;
+        let Some(live) = self.live.take() else {
+            return Ok(Event::Aborted("no candidate to switch to".into()));
+        };
+        let keep = self.svc.cfg.switch.keep_previous;
+        if let Err(e) = self.shared.traffic.switch(name, live.pool.clone()) {
+            self.shared.store.fail_deploy(self.id, &e.to_string(), None)?;
+            return Err(DeployError::Failed(Box::new(self.record_now()?)));
+        }
+        let retire_at = now_ms() + (self.svc.cfg.switch.drain_timeout + keep).as_millis() as i64;
+        self.shared
+            .store
+            .record_switch(self.id, name, self.color, retire_at)?;
+        self.say(format!("switched: {} ({}) is live", self.version, self.color));
+        if let Some(old) = slots.active.replace(live) {
+            self.say(format!("draining {} ({})", old.version, old.color));
+            slots.previous = Some(retire::start(self.shared, self.svc, old, keep));
+        }
+        Ok(Event::Switched)
+    }
+
+    fn record_now(&self) -> Result<DeployRecord, DeployError> {
+        let name = &self.svc.cfg.name;
+        self.shared
+            .store
+            .last_deploy(name)?
+            .ok_or_else(|| DeployError::UnknownService(name.clone()))
+    }
+
+    /// The deploy failed: stop what it started and record why.
+    async fn stop_candidate(&mut self, machine: &Deploy) -> Result<(), DeployError> {
+        let error = machine.error.clone().unwrap_or_else(|| "failed".to_string());
+        let tail = self.log_tail();
+        self.live = None;
+        retire::stop_instances(self.shared, self.svc, &self.instances).await;
+        let name = &self.svc.cfg.name;
+        self.shared.store.remove_release(name, self.color)?;
+        self.shared.store.fail_deploy(self.id, &error, tail.as_deref())?;
+        self.phase = Phase::Failed;
+        self.claim.set_phase(Phase::Failed);
+        self.say(format!("failed: {error}; candidate stopped, traffic untouched"));
+        Ok(())
+    }
+
+    /// The last log lines of the instance that exited, or else the first one.
+    fn log_tail(&self) -> Option<String> {
+        let runtime = &self.shared.runtime;
+        let culprit = self
+            .instances
+            .iter()
+            .find(|i| runtime.exited(i).is_some())
+            .or(self.instances.first())?;
+        let tail = runtime.log_tail(culprit, 20);
+        (!tail.is_empty()).then_some(tail)
+    }
+}
+
+/// Runs the smoke command; `Err` says why it failed.
+async fn run_smoke(argv: &[String], dir: &std::path::Path, url: &str, limit: Duration) -> Result<(), String> {
+    let shown = argv.join(" ");
+    let child = tokio::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .current_dir(dir)
+        .env("BATON_PREVIEW_URL", url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot run `{shown}`: {e}"))?;
+    let output = match tokio::time::timeout(limit, child.wait_with_output()).await {
+        Err(_) => return Err(format!("`{shown}` still running after {limit:?}")),
+        Ok(Err(e)) => return Err(format!("`{shown}`: {e}")),
+        Ok(Ok(output)) => output,
+    };
+    if output.status.success() {
+        return Ok(());
+    }
+    let status = match (output.status.code(), output.status.signal()) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => "failed".to_string(),
+    };
+    let text = [output.stderr, output.stdout].concat();
+    let text = String::from_utf8_lossy(&text);
+    let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+    Err(format!("`{shown}` {status}: {}", last.trim()).trim_end_matches(": ").to_string())
+}
+
+/// `web-v2-green-0.log`, with anything odd in the version made safe for a file name.
+fn log_name(service: &str, version: &str, color: Color, index: usize) -> String {
+    let version: String = version
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' })
+        .collect();
+    format!("{service}-{version}-{color}-{index}.log")
+}

@@ -1,0 +1,107 @@
+//! One service's running state: its live release, the previous one being
+//! retired, and the deploy under way.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use baton_config::ServiceConfig;
+use baton_core::{Color, DeployKind, Phase};
+use baton_proxy::{HealthCheck, Pool};
+use baton_runtime::Instance;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::view::{DeployStatus, PreviousState};
+use crate::DeployError;
+
+/// A release with running instances, health-checked by the proxy.
+pub(crate) struct Live {
+    pub(crate) color: Color,
+    pub(crate) version: String,
+    pub(crate) instances: Vec<Instance>,
+    pub(crate) pool: Arc<Pool>,
+    pub(crate) _health: HealthCheck,
+}
+
+/// A release that stopped being live: draining, then warm, then stopped.
+pub(crate) struct Retiring {
+    pub(crate) color: Color,
+    pub(crate) version: String,
+    /// Cut the warm period short: its color is needed for a new candidate.
+    pub(crate) hurry: CancellationToken,
+    /// Abandon the retirement: a rollback makes it live again.
+    pub(crate) revive: CancellationToken,
+    /// Hands the release back if revived before it was stopped.
+    pub(crate) task: JoinHandle<Option<Live>>,
+}
+
+/// What a deploy changes; held (async lock) for the whole deploy.
+#[derive(Default)]
+pub(crate) struct Slots {
+    pub(crate) active: Option<Live>,
+    pub(crate) previous: Option<Retiring>,
+}
+
+/// What `status` shows; locked only for moments, never across an await.
+#[derive(Default)]
+pub(crate) struct View {
+    pub(crate) deploy: Option<DeployStatus>,
+    pub(crate) previous: Option<(Arc<Pool>, PreviousState)>,
+}
+
+pub(crate) struct ServiceState {
+    pub(crate) cfg: ServiceConfig,
+    pub(crate) slots: tokio::sync::Mutex<Slots>,
+    view: Mutex<View>,
+}
+
+impl ServiceState {
+    pub(crate) fn new(cfg: ServiceConfig) -> Self {
+        Self {
+            cfg,
+            slots: tokio::sync::Mutex::new(Slots::default()),
+            view: Mutex::new(View::default()),
+        }
+    }
+
+    pub(crate) fn view(&self) -> MutexGuard<'_, View> {
+        self.view.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Claims the service for one deploy; a second claim fails at once,
+    /// naming the deploy that holds it.
+    pub(crate) fn claim(&self, kind: DeployKind, version: &str) -> Result<Claim<'_>, DeployError> {
+        let mut view = self.view();
+        if let Some(running) = &view.deploy {
+            return Err(DeployError::Busy {
+                service: self.cfg.name.clone(),
+                running: running.describe(),
+            });
+        }
+        view.deploy = Some(DeployStatus::pending(kind, version));
+        Ok(Claim { svc: self })
+    }
+}
+
+/// A service's deploy slot; released when dropped, however the deploy ends.
+pub(crate) struct Claim<'a> {
+    svc: &'a ServiceState,
+}
+
+impl Claim<'_> {
+    /// Updates what status shows of the running deploy.
+    pub(crate) fn update(&self, f: impl FnOnce(&mut DeployStatus)) {
+        if let Some(d) = self.svc.view().deploy.as_mut() {
+            f(d);
+        }
+    }
+
+    pub(crate) fn set_phase(&self, phase: Phase) {
+        self.update(|d| d.phase = phase);
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.svc.view().deploy = None;
+    }
+}

@@ -1,0 +1,134 @@
+//! What `baton status` reports: the live release and its targets' health as
+//! the proxy sees them, the previous release, and the deploy under way.
+
+use serde::Serialize;
+
+use baton_core::{Color, DeployKind, Phase};
+use baton_proxy::Pool;
+use baton_store::{now_ms, DeployRecord, StoreError};
+
+use crate::service::ServiceState;
+use crate::Shared;
+
+/// `status --json`, one service.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServiceStatus {
+    pub service: String,
+    pub active: Option<ReleaseStatus>,
+    pub previous: Option<ReleaseStatus>,
+    pub deploy: Option<DeployStatus>,
+    pub last_deploy: Option<DeployRecord>,
+}
+
+/// One release and its targets.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReleaseStatus {
+    pub color: Color,
+    pub version: String,
+    /// `live`, or for a previous release `draining`, `warm` or `stopping`.
+    pub state: String,
+    pub targets: Vec<TargetStatus>,
+    /// When a previous release is stopped (unix ms).
+    pub retire_at: Option<i64>,
+}
+
+/// One target as the proxy sees it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetStatus {
+    pub addr: String,
+    pub healthy: bool,
+    pub in_flight: usize,
+}
+
+/// The deploy under way.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeployStatus {
+    pub id: Option<i64>,
+    pub kind: DeployKind,
+    pub version: String,
+    pub color: Option<Color>,
+    pub phase: Phase,
+    pub started_at: i64,
+}
+
+impl DeployStatus {
+    pub(crate) fn pending(kind: DeployKind, version: &str) -> Self {
+        Self {
+            id: None,
+            kind,
+            version: version.to_string(),
+            color: None,
+            phase: Phase::Starting,
+            started_at: now_ms(),
+        }
+    }
+
+    /// One line naming the deploy, for "already running" errors.
+    pub(crate) fn describe(&self) -> String {
+        let id = self.id.map(|i| format!("#{i} ")).unwrap_or_default();
+        let kind = match self.kind {
+            DeployKind::Deploy => "deploy",
+            DeployKind::Rollback => "rollback",
+        };
+        let secs = (now_ms() - self.started_at) / 1000;
+        format!("{kind} {id}of {}, {} for {secs}s", self.version, phase_name(self.phase))
+    }
+}
+
+/// Where a previous release stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PreviousState {
+    Draining,
+    Warm { retire_at: i64 },
+    Stopping,
+}
+
+pub(crate) fn phase_name(p: Phase) -> &'static str {
+    match p {
+        Phase::Starting => "starting",
+        Phase::Health => "waiting for health",
+        Phase::Smoke => "smoke testing",
+        Phase::Switching => "switching",
+        Phase::Done => "done",
+        Phase::Failed => "failed",
+    }
+}
+
+fn release(pool: &Pool, state: &str, retire_at: Option<i64>) -> ReleaseStatus {
+    ReleaseStatus {
+        color: pool.color,
+        version: pool.version.clone(),
+        state: state.to_string(),
+        targets: pool
+            .targets()
+            .iter()
+            .map(|t| TargetStatus {
+                addr: t.addr().to_string(),
+                healthy: t.is_healthy(),
+                in_flight: t.in_flight(),
+            })
+            .collect(),
+        retire_at,
+    }
+}
+
+pub(crate) fn status(shared: &Shared, svc: &ServiceState) -> Result<ServiceStatus, StoreError> {
+    let name = &svc.cfg.name;
+    let active = shared.traffic.live(name).map(|p| release(&p, "live", None));
+    let (previous, deploy) = {
+        let view = svc.view();
+        let previous = view.previous.as_ref().map(|(pool, state)| match state {
+            PreviousState::Draining => release(pool, "draining", None),
+            PreviousState::Warm { retire_at } => release(pool, "warm", Some(*retire_at)),
+            PreviousState::Stopping => release(pool, "stopping", None),
+        });
+        (previous, view.deploy.clone())
+    };
+    Ok(ServiceStatus {
+        service: name.clone(),
+        active,
+        previous,
+        deploy,
+        last_deploy: shared.store.last_deploy(name)?,
+    })
+}

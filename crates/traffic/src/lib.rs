@@ -1,0 +1,58 @@
+//! Traffic backends: whatever moves a service's traffic from one release to
+//! the next. The orchestrator only sees [`Traffic`]; baton's own proxy
+//! ([`Builtin`]) is one backend, and load balancers people already run
+//! (HAProxy, nginx) can be others.
+//!
+//! Health is not a backend's business: pools are always health-checked by
+//! baton's own checker, which gates every switch whatever the backend.
+
+mod builtin;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use baton_proxy::{DrainReport, Pool};
+
+pub use builtin::Builtin;
+
+/// A backend could not do what was asked; traffic did not move.
+#[derive(Debug, thiserror::Error)]
+pub enum TrafficError {
+    #[error("service {0:?} is not routed by this backend")]
+    UnknownService(String),
+    #[error("preview route: {0}")]
+    Preview(std::io::Error),
+}
+
+/// A route that reaches only a candidate, for smoke tests; closed when dropped.
+pub struct Preview {
+    pub url: String,
+    _route: Box<dyn Send + Sync>,
+}
+
+impl Preview {
+    pub fn new(url: String, route: impl Send + Sync + 'static) -> Self {
+        Self {
+            url,
+            _route: Box::new(route),
+        }
+    }
+}
+
+/// Moves a service's traffic between releases.
+#[async_trait]
+pub trait Traffic: Send + Sync {
+    /// A route to `candidate` alone, before it takes any user traffic.
+    async fn preview(&self, service: &str, candidate: &Arc<Pool>) -> Result<Preview, TrafficError>;
+
+    /// The switch: all of the service's new requests go to `to` from now on.
+    /// Returns the pool that was live, for draining.
+    fn switch(&self, service: &str, to: Arc<Pool>) -> Result<Option<Arc<Pool>>, TrafficError>;
+
+    /// Waits for the requests and connections still using `pool` to finish.
+    async fn drain(&self, pool: &Pool, timeout: Duration) -> DrainReport;
+
+    /// The pool taking the service's traffic now.
+    fn live(&self, service: &str) -> Option<Arc<Pool>>;
+}
