@@ -160,11 +160,14 @@ impl std::fmt::Display for HostPattern {
 impl Config {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let read_error = |source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
-        })?;
-        Self::parse(path, &text)
+        };
+        // Absolute, so that paths inside resolve the same from any directory.
+        let absolute = std::path::absolute(path).map_err(read_error)?;
+        let text = std::fs::read_to_string(&absolute).map_err(read_error)?;
+        Self::parse(&absolute, &text)
     }
 
     /// Validates configuration text; `path` names it in errors and anchors relative paths.

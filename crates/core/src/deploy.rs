@@ -97,7 +97,12 @@ impl Deploy {
     /// A deploy of `version` into `color`, returning the first actions.
     /// A rollback finds its candidate already running and healthy, so it goes
     /// straight to the switch.
-    pub fn begin(kind: DeployKind, version: &str, color: Color, smoke: bool) -> (Self, Vec<Action>) {
+    pub fn begin(
+        kind: DeployKind,
+        version: &str,
+        color: Color,
+        smoke: bool,
+    ) -> (Self, Vec<Action>) {
         let (phase, first) = match kind {
             DeployKind::Deploy => (Phase::Starting, Action::StartCandidate),
             DeployKind::Rollback => (Phase::Switching, Action::Switch),

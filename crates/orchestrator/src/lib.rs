@@ -156,6 +156,23 @@ impl Orchestrator {
         Ok(())
     }
 
+    /// Stops every instance of every service (after any deploy under way),
+    /// and forgets them: for taking a machine out of service.
+    pub async fn stop_all(&self) -> Result<(), StoreError> {
+        for svc in self.services.values() {
+            let mut slots = svc.slots.lock().await;
+            if let Some(previous) = slots.previous.take() {
+                previous.hurry.cancel();
+                let _ = previous.task.await;
+            }
+            if let Some(active) = slots.active.take() {
+                retire::stop(&self.shared, svc, &active).await;
+                self.shared.store.remove_release(&svc.cfg.name, active.color)?;
+            }
+        }
+        Ok(())
+    }
+
     /// What every service (or one) runs now.
     pub fn status(&self, service: Option<&str>) -> Result<Vec<ServiceStatus>, DeployError> {
         let chosen: Vec<&Arc<ServiceState>> = match service {

@@ -1,7 +1,7 @@
 //! What `baton status` reports: the live release and its targets' health as
 //! the proxy sees them, the previous release, and the deploy under way.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use baton_core::{Color, DeployKind, Phase};
 use baton_proxy::Pool;
@@ -11,7 +11,7 @@ use crate::service::ServiceState;
 use crate::Shared;
 
 /// `status --json`, one service.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ServiceStatus {
     pub service: String,
     pub active: Option<ReleaseStatus>,
@@ -21,7 +21,7 @@ pub struct ServiceStatus {
 }
 
 /// One release and its targets.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReleaseStatus {
     pub color: Color,
     pub version: String,
@@ -33,7 +33,7 @@ pub struct ReleaseStatus {
 }
 
 /// One target as the proxy sees it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TargetStatus {
     pub addr: String,
     pub healthy: bool,
@@ -41,7 +41,7 @@ pub struct TargetStatus {
 }
 
 /// The deploy under way.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeployStatus {
     pub id: Option<i64>,
     pub kind: DeployKind,

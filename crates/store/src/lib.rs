@@ -51,7 +51,7 @@ pub struct Release {
 }
 
 /// One deploy or rollback, as history shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct DeployRecord {
     pub id: i64,
     pub service: String,

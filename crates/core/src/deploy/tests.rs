@@ -99,10 +99,18 @@ fn check_transition(kind: DeployKind, smoke: bool, phase: Phase, event: Event) {
         assert_eq!(stops, kind == DeployKind::Deploy, "{case}");
     }
     if d.phase == Phase::Done {
-        assert_eq!((phase, &event), (Phase::Switching, &Event::Switched), "{case}");
+        assert_eq!(
+            (phase, &event),
+            (Phase::Switching, &Event::Switched),
+            "{case}"
+        );
     }
     if phase == Phase::Switching && event != Event::Switched {
-        assert_eq!(d.phase, Phase::Switching, "{case}: a switch under way is never left half-done");
+        assert_eq!(
+            d.phase,
+            Phase::Switching,
+            "{case}: a switch under way is never left half-done"
+        );
     }
 }
 
@@ -110,9 +118,15 @@ fn check_transition(kind: DeployKind, smoke: bool, phase: Phase, event: Event) {
 fn failures_name_their_cause() {
     let mut d = at(Phase::Health, DeployKind::Deploy, true);
     d.on(Event::DeadlinePassed);
-    assert_eq!(d.error.as_deref(), Some("not healthy before the health deadline"));
+    assert_eq!(
+        d.error.as_deref(),
+        Some("not healthy before the health deadline")
+    );
     let mut d = at(Phase::Smoke, DeployKind::Deploy, true);
     d.on(Event::SmokeFailed("exit status 1".into()));
-    assert_eq!(d.error.as_deref(), Some("smoke check failed: exit status 1"));
+    assert_eq!(
+        d.error.as_deref(),
+        Some("smoke check failed: exit status 1")
+    );
     assert_eq!(d.failed_in, Some(Phase::Smoke));
 }

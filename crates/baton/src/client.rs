@@ -1,0 +1,102 @@
+//! The CLI's side of the control API: HTTP/1.1 over the unix socket named in
+//! the configuration.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use bytes::{Bytes, BytesMut};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use tokio::net::UnixStream;
+
+use crate::api::{DeployEvent, Outcome};
+
+/// `baton serve` could not be reached; the CLI exits with `exit::UNREACHABLE`.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot reach baton at {}: {source} (is `baton serve` running?)", .socket.display())]
+pub struct Unreachable {
+    socket: PathBuf,
+    source: std::io::Error,
+}
+
+/// A connection target for the control API.
+pub struct Client {
+    socket: PathBuf,
+}
+
+impl Client {
+    /// The client for the `baton serve` that `config` describes.
+    pub fn for_config(config: &Path) -> anyhow::Result<Self> {
+        let config = baton_config::Config::load(config)?;
+        Ok(Self {
+            socket: config.control_socket,
+        })
+    }
+
+    async fn send(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> anyhow::Result<Response<Incoming>> {
+        let stream = UnixStream::connect(&self.socket).await.map_err(|source| Unreachable {
+            socket: self.socket.clone(),
+            source,
+        })?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .context("control API handshake")?;
+        tokio::spawn(conn);
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "baton")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))?;
+        sender.send_request(req).await.context("control API request")
+    }
+
+    /// A JSON answer; a non-2xx answer becomes its `error` text.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let resp = self.send("GET", path, None).await?;
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        if status != StatusCode::OK {
+            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            anyhow::bail!("{}", v["error"].as_str().unwrap_or("the control API refused"));
+        }
+        serde_json::from_slice(&bytes).context("control API answer")
+    }
+
+    /// Fire-and-forget POST.
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> anyhow::Result<()> {
+        let resp = self.send("POST", path, Some(body)).await?;
+        anyhow::ensure!(resp.status().is_success(), "control API answered {}", resp.status());
+        Ok(())
+    }
+
+    /// POSTs a deploy or rollback and hands each progress event to
+    /// `on_progress` as it arrives; returns the outcome.
+    pub async fn stream(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+        mut on_event: impl FnMut(&DeployEvent),
+    ) -> anyhow::Result<Outcome> {
+        let mut body = self.send("POST", path, Some(body)).await?.into_body();
+        let mut buf = BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.context("control API stream")?;
+            let Ok(data) = frame.into_data() else { continue };
+            buf.extend_from_slice(&data);
+            while let Some(end) = buf.iter().position(|&b| b == b'\n') {
+                let line = buf.split_to(end + 1);
+                let event: DeployEvent = serde_json::from_slice(&line[..end]).context("control API event")?;
+                on_event(&event);
+                if let DeployEvent::Result(outcome) = event {
+                    return Ok(outcome);
+                }
+            }
+        }
+        anyhow::bail!("`baton serve` closed the connection before the deploy ended; see `baton status`")
+    }
+}

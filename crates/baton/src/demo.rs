@@ -1,0 +1,1 @@
+pub async fn run() -> anyhow::Result<u8> { Ok(0) }

@@ -1,0 +1,114 @@
+//! `baton serve`: binds everything first (so a busy port or a second baton
+//! fails before anything changes), adopts what was running, then serves the
+//! proxy and the control API until told to stop.
+//!
+//! Stopping `baton serve` leaves the apps running; the next `baton serve`
+//! adopts them. `baton shutdown --stop-apps` stops them too.
+
+use std::net::TcpListener as StdTcpListener;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use baton_config::Config;
+use baton_orchestrator::Orchestrator;
+use baton_proxy::{Proxy, Timeouts};
+use baton_runtime::ProcessRuntime;
+use baton_store::Store;
+use baton_traffic::Builtin;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+use crate::api::{self, ApiState};
+
+pub async fn run(config_path: &Path) -> anyhow::Result<u8> {
+    init_logging();
+    let config = Config::load(config_path)?;
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("cannot create state dir {}", config.state_dir.display()))?;
+    let control = bind_control(&config.control_socket).await?;
+    let listeners = config
+        .proxy
+        .listen
+        .iter()
+        .map(|addr| bind(*addr).with_context(|| format!("cannot listen on {addr} (proxy.listen)")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let store = Arc::new(Store::open(&config.state_dir)?);
+
+    let proxy = Arc::new(Proxy::new(Timeouts {
+        connect: config.proxy.connect_timeout,
+        response: config.proxy.response_timeout,
+        idle: config.proxy.idle_timeout,
+    }));
+    let traffic = Arc::new(Builtin::new(proxy.clone(), &config));
+    let orchestrator = Arc::new(Orchestrator::new(
+        &config,
+        traffic,
+        proxy.prober().clone(),
+        Arc::new(ProcessRuntime::new()),
+        store,
+    ));
+    orchestrator.recover().await?;
+    for listener in listeners {
+        let addr = proxy.serve(listener)?;
+        tracing::info!(%addr, "proxy listening");
+    }
+
+    let (shutdown_tx, mut shutdown_rx) = mpsc::unbounded_channel();
+    let app = api::router(Arc::new(ApiState {
+        orchestrator: orchestrator.clone(),
+        shutdown: shutdown_tx,
+    }));
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(control, app).await {
+            tracing::error!(error = %e, "control API stopped");
+        }
+    });
+    tracing::info!(socket = %config.control_socket.display(), "control API listening");
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let stop_apps = tokio::select! {
+        _ = term.recv() => false,
+        _ = int.recv() => false,
+        asked = shutdown_rx.recv() => asked.unwrap_or(false),
+    };
+    if stop_apps {
+        tracing::info!("stopping every instance");
+        orchestrator.stop_all().await?;
+    }
+    let _ = std::fs::remove_file(&config.control_socket);
+    tracing::info!("baton serve stopped; apps {}", if stop_apps { "stopped" } else { "left running" });
+    Ok(0)
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BATON_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
+    let std = StdTcpListener::bind(addr)?;
+    std.set_nonblocking(true)?;
+    Ok(TcpListener::from_std(std)?)
+}
+
+/// Binds the control socket, refusing if another `baton serve` answers on it.
+async fn bind_control(socket: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    if tokio::net::UnixStream::connect(socket).await.is_ok() {
+        anyhow::bail!(
+            "another `baton serve` is already running on {} (control.socket)",
+            socket.display()
+        );
+    }
+    let _ = std::fs::remove_file(socket);
+    UnixListener::bind(socket).with_context(|| format!("cannot bind {} (control.socket)", socket.display()))
+}
