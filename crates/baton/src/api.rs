@@ -108,9 +108,9 @@ async fn deploy(
     Path(service): Path<String>,
     Json(req): Json<Request>,
 ) -> Response {
-    stream_deploy(move |progress| async move {
-        s.orchestrator.deploy(&service, &req, progress).await
-    })
+    stream_deploy(
+        move |progress| async move { s.orchestrator.deploy(&service, &req, progress).await },
+    )
 }
 
 async fn rollback(
@@ -173,7 +173,9 @@ fn outcome(result: Result<DeployRecord, DeployError>) -> Outcome {
             let code = match &e {
                 DeployError::Failed(_) => exit::FAILED,
                 DeployError::Busy { .. } => exit::BUSY,
-                DeployError::UnknownService(_) | DeployError::NothingToRollBack { .. } => exit::BAD_INPUT,
+                DeployError::UnknownService(_) | DeployError::NothingToRollBack { .. } => {
+                    exit::BAD_INPUT
+                }
                 DeployError::Store(_) => exit::FAILED,
             };
             let deploy = match e {

@@ -36,11 +36,18 @@ impl Client {
         })
     }
 
-    async fn send(&self, method: &str, path: &str, body: Option<serde_json::Value>) -> anyhow::Result<Response<Incoming>> {
-        let stream = UnixStream::connect(&self.socket).await.map_err(|source| Unreachable {
-            socket: self.socket.clone(),
-            source,
-        })?;
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<Response<Incoming>> {
+        let stream = UnixStream::connect(&self.socket)
+            .await
+            .map_err(|source| Unreachable {
+                socket: self.socket.clone(),
+                source,
+            })?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .context("control API handshake")?;
@@ -52,7 +59,10 @@ impl Client {
             .header("host", "baton")
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body)))?;
-        sender.send_request(req).await.context("control API request")
+        sender
+            .send_request(req)
+            .await
+            .context("control API request")
     }
 
     /// A JSON answer; a non-2xx answer becomes its `error` text.
@@ -62,7 +72,10 @@ impl Client {
         let bytes = resp.into_body().collect().await?.to_bytes();
         if status != StatusCode::OK {
             let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-            anyhow::bail!("{}", v["error"].as_str().unwrap_or("the control API refused"));
+            anyhow::bail!(
+                "{}",
+                v["error"].as_str().unwrap_or("the control API refused")
+            );
         }
         serde_json::from_slice(&bytes).context("control API answer")
     }
@@ -70,7 +83,11 @@ impl Client {
     /// Fire-and-forget POST.
     pub async fn post(&self, path: &str, body: serde_json::Value) -> anyhow::Result<()> {
         let resp = self.send("POST", path, Some(body)).await?;
-        anyhow::ensure!(resp.status().is_success(), "control API answered {}", resp.status());
+        anyhow::ensure!(
+            resp.status().is_success(),
+            "control API answered {}",
+            resp.status()
+        );
         Ok(())
     }
 
@@ -86,17 +103,22 @@ impl Client {
         let mut buf = BytesMut::new();
         while let Some(frame) = body.frame().await {
             let frame = frame.context("control API stream")?;
-            let Ok(data) = frame.into_data() else { continue };
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
             buf.extend_from_slice(&data);
             while let Some(end) = buf.iter().position(|&b| b == b'\n') {
                 let line = buf.split_to(end + 1);
-                let event: DeployEvent = serde_json::from_slice(&line[..end]).context("control API event")?;
+                let event: DeployEvent =
+                    serde_json::from_slice(&line[..end]).context("control API event")?;
                 on_event(&event);
                 if let DeployEvent::Result(outcome) = event {
                     return Ok(outcome);
                 }
             }
         }
-        anyhow::bail!("`baton serve` closed the connection before the deploy ended; see `baton status`")
+        anyhow::bail!(
+            "`baton serve` closed the connection before the deploy ended; see `baton status`"
+        )
     }
 }

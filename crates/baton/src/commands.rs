@@ -20,13 +20,23 @@ pub async fn deploy(config: &Path, service: &str, version: &str, json: bool) -> 
 }
 
 /// `baton rollback SERVICE [--to VERSION]`
-pub async fn rollback(config: &Path, service: &str, to: Option<&str>, json: bool) -> anyhow::Result<u8> {
+pub async fn rollback(
+    config: &Path,
+    service: &str,
+    to: Option<&str>,
+    json: bool,
+) -> anyhow::Result<u8> {
     let body = json!({ "to": to, "requested_by": requested_by() });
     let path = format!("/v1/services/{service}/rollback");
     run_streamed(config, &path, body, json).await
 }
 
-async fn run_streamed(config: &Path, path: &str, body: serde_json::Value, json: bool) -> anyhow::Result<u8> {
+async fn run_streamed(
+    config: &Path,
+    path: &str,
+    body: serde_json::Value,
+    json: bool,
+) -> anyhow::Result<u8> {
     let client = Client::for_config(config)?;
     let started = Instant::now();
     let outcome = client
@@ -47,7 +57,10 @@ async fn run_streamed(config: &Path, path: &str, body: serde_json::Value, json: 
 fn print_outcome(outcome: &Outcome, started: Instant) {
     let took = started.elapsed().as_secs_f64();
     match (&outcome.deploy, outcome.ok) {
-        (Some(d), true) => println!("{} {} is live ({}), deploy #{} in {took:.1}s", d.service, d.version, d.color, d.id),
+        (Some(d), true) => println!(
+            "{} {} is live ({}), deploy #{} in {took:.1}s",
+            d.service, d.version, d.color, d.id
+        ),
         _ => {
             eprintln!("error: {}", outcome.error.as_deref().unwrap_or("failed"));
             if let Some(tail) = outcome.deploy.as_ref().and_then(|d| d.log_tail.as_deref()) {
@@ -87,7 +100,12 @@ fn print_status(s: &ServiceStatus) {
     match &s.active {
         Some(a) => {
             let healthy = a.targets.iter().filter(|t| t.healthy).count();
-            println!("  live      {} ({})  {healthy}/{} healthy", a.version, a.color, a.targets.len());
+            println!(
+                "  live      {} ({})  {healthy}/{} healthy",
+                a.version,
+                a.color,
+                a.targets.len()
+            );
             for t in &a.targets {
                 let h = if t.healthy { "healthy" } else { "UNHEALTHY" };
                 println!("            {}  {h}  in flight {}", t.addr, t.in_flight);
@@ -103,8 +121,15 @@ fn print_status(s: &ServiceStatus) {
         println!("  deploying {id}{} ({:?})", d.version, d.phase);
     }
     if let Some(d) = &s.last_deploy {
-        let result = d.error.as_deref().map(|e| format!("failed: {e}")).unwrap_or_else(|| format!("{:?}", d.phase).to_lowercase());
-        println!("  last      #{} {:?} {} by {}: {result}", d.id, d.kind, d.version, d.requested_by);
+        let result = d
+            .error
+            .as_deref()
+            .map(|e| format!("failed: {e}"))
+            .unwrap_or_else(|| format!("{:?}", d.phase).to_lowercase());
+        println!(
+            "  last      #{} {:?} {} by {}: {result}",
+            d.id, d.kind, d.version, d.requested_by
+        );
     }
 }
 
@@ -118,7 +143,10 @@ pub async fn history(config: &Path, service: &str, limit: usize, json: bool) -> 
         println!("{}", serde_json::to_string_pretty(&records)?);
         return Ok(0);
     }
-    println!("{:>5}  {:<19}  {:<8}  {:<12}  {:<5}  {:<8}  {:<16}  error", "id", "started (UTC)", "kind", "version", "color", "result", "by");
+    println!(
+        "{:>5}  {:<19}  {:<8}  {:<12}  {:<5}  {:<8}  {:<16}  error",
+        "id", "started (UTC)", "kind", "version", "color", "result", "by"
+    );
     for d in &records {
         println!(
             "{:>5}  {:<19}  {:<8}  {:<12}  {:<5}  {:<8}  {:<16}  {}",
@@ -138,7 +166,9 @@ pub async fn history(config: &Path, service: &str, limit: usize, json: bool) -> 
 /// `baton shutdown [--stop-apps]`
 pub async fn shutdown(config: &Path, stop_apps: bool) -> anyhow::Result<u8> {
     let client = Client::for_config(config)?;
-    client.post("/v1/shutdown", json!({ "stop_apps": stop_apps })).await?;
+    client
+        .post("/v1/shutdown", json!({ "stop_apps": stop_apps }))
+        .await?;
     Ok(0)
 }
 
@@ -147,7 +177,11 @@ pub async fn check(url: &str, requests: u32) -> anyhow::Result<u8> {
     for i in 0..requests {
         let (status, body) = baton_loadgen::get_once(url, None).await?;
         if !(200..300).contains(&status) {
-            eprintln!("request {} of {requests} to {url}: HTTP {status}: {}", i + 1, body.trim());
+            eprintln!(
+                "request {} of {requests} to {url}: HTTP {status}: {}",
+                i + 1,
+                body.trim()
+            );
             return Ok(exit::FAILED);
         }
     }
@@ -158,10 +192,15 @@ pub async fn check(url: &str, requests: u32) -> anyhow::Result<u8> {
 /// Who is asking, for the history: `$BATON_ACTOR`, else the CI's user, else user@host.
 fn requested_by() -> String {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    if let Some(actor) = env("BATON_ACTOR").or_else(|| env("GITHUB_ACTOR")).or_else(|| env("GITLAB_USER_LOGIN")) {
+    if let Some(actor) = env("BATON_ACTOR")
+        .or_else(|| env("GITHUB_ACTOR"))
+        .or_else(|| env("GITLAB_USER_LOGIN"))
+    {
         return actor;
     }
-    let user = env("USER").or_else(|| env("LOGNAME")).unwrap_or_else(|| "unknown".into());
+    let user = env("USER")
+        .or_else(|| env("LOGNAME"))
+        .unwrap_or_else(|| "unknown".into());
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     format!("{user}@{}", host.trim())
 }
@@ -180,7 +219,12 @@ fn utc(ms: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 #[cfg(test)]

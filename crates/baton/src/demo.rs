@@ -1,1 +1,3 @@
-pub async fn run() -> anyhow::Result<u8> { Ok(0) }
+pub async fn run() -> anyhow::Result<u8> {
+    Ok(0)
+}

@@ -28,7 +28,11 @@ pub mod exit {
 }
 
 #[derive(Parser)]
-#[command(name = "baton", version, about = "Blue-green deploys that lose no request")]
+#[command(
+    name = "baton",
+    version,
+    about = "Blue-green deploys that lose no request"
+)]
 struct Cli {
     /// The configuration file.
     #[arg(short, long, global = true, default_value = "baton.toml")]
@@ -115,18 +119,22 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     rt.block_on(async move {
         match command {
             Command::Serve => serve::run(&cli.config).await,
-            Command::Deploy { service, version, json } => {
-                commands::deploy(&cli.config, &service, &version, json).await
-            }
+            Command::Deploy {
+                service,
+                version,
+                json,
+            } => commands::deploy(&cli.config, &service, &version, json).await,
             Command::Rollback { service, to, json } => {
                 commands::rollback(&cli.config, &service, to.as_deref(), json).await
             }
             Command::Status { service, json } => {
                 commands::status(&cli.config, service.as_deref(), json).await
             }
-            Command::History { service, limit, json } => {
-                commands::history(&cli.config, &service, limit, json).await
-            }
+            Command::History {
+                service,
+                limit,
+                json,
+            } => commands::history(&cli.config, &service, limit, json).await,
             Command::Shutdown { stop_apps } => commands::shutdown(&cli.config, stop_apps).await,
             Command::Demo => demo::run().await,
             Command::Check { url, requests } => commands::check(&url, requests).await,

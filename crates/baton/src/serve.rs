@@ -79,7 +79,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<u8> {
         orchestrator.stop_all().await?;
     }
     let _ = std::fs::remove_file(&config.control_socket);
-    tracing::info!("baton serve stopped; apps {}", if stop_apps { "stopped" } else { "left running" });
+    tracing::info!(
+        "baton serve stopped; apps {}",
+        if stop_apps { "stopped" } else { "left running" }
+    );
     Ok(0)
 }
 
@@ -110,5 +113,6 @@ async fn bind_control(socket: &Path) -> anyhow::Result<UnixListener> {
         );
     }
     let _ = std::fs::remove_file(socket);
-    UnixListener::bind(socket).with_context(|| format!("cannot bind {} (control.socket)", socket.display()))
+    UnixListener::bind(socket)
+        .with_context(|| format!("cannot bind {} (control.socket)", socket.display()))
 }

@@ -144,7 +144,16 @@ impl Orchestrator {
         let svc = self.service(service)?;
         let claim = svc.claim(DeployKind::Rollback, to.unwrap_or("previous"))?;
         let mut slots = svc.slots.lock().await;
-        pipeline::rollback(&self.shared, svc, &mut slots, claim, to, requested_by, progress).await
+        pipeline::rollback(
+            &self.shared,
+            svc,
+            &mut slots,
+            claim,
+            to,
+            requested_by,
+            progress,
+        )
+        .await
     }
 
     /// Finds what ran before a restart and serves it again.
@@ -167,7 +176,9 @@ impl Orchestrator {
             }
             if let Some(active) = slots.active.take() {
                 retire::stop(&self.shared, svc, &active).await;
-                self.shared.store.remove_release(&svc.cfg.name, active.color)?;
+                self.shared
+                    .store
+                    .remove_release(&svc.cfg.name, active.color)?;
             }
         }
         Ok(())

@@ -38,7 +38,16 @@ pub(crate) async fn deploy(
         .as_ref()
         .map(|a| a.color.other())
         .unwrap_or(Color::Blue);
-    let run = Run::begin(shared, svc, claim, progress, DeployKind::Deploy, &req.version, color, &req.requested_by)?;
+    let run = Run::begin(
+        shared,
+        svc,
+        claim,
+        progress,
+        DeployKind::Deploy,
+        &req.version,
+        color,
+        &req.requested_by,
+    )?;
     let live = slots
         .active
         .as_ref()
@@ -54,8 +63,11 @@ pub(crate) async fn deploy(
         let _ = previous.task.await;
     }
     let smoke = svc.cfg.switch.smoke.is_some();
-    run.execute(Deploy::begin(DeployKind::Deploy, &req.version, color, smoke), slots)
-        .await
+    run.execute(
+        Deploy::begin(DeployKind::Deploy, &req.version, color, smoke),
+        slots,
+    )
+    .await
 }
 
 /// Switches back to the previous release if it still runs and is healthy;
@@ -74,10 +86,11 @@ pub(crate) async fn rollback(
         Some(v) => v.to_string(),
         None => match slots.previous.as_ref().map(|p| p.version.clone()) {
             Some(v) => v,
-            None => last_other_version(shared, name, slots)?
-                .ok_or_else(|| DeployError::NothingToRollBack {
+            None => last_other_version(shared, name, slots)?.ok_or_else(|| {
+                DeployError::NothingToRollBack {
                     service: name.clone(),
-                })?,
+                }
+            })?,
         },
     };
     if let Some(previous) = slots.previous.take_if(|p| p.version == target) {
@@ -85,7 +98,8 @@ pub(crate) async fn rollback(
         if let Ok(Some(old)) = previous.task.await {
             svc.view().previous = None;
             if old.pool.all_healthy() {
-                return instant_rollback(shared, svc, slots, claim, old, requested_by, progress).await;
+                return instant_rollback(shared, svc, slots, claim, old, requested_by, progress)
+                    .await;
             }
             retire::stop(shared, svc, &old).await;
             shared.store.remove_release(name, old.color)?;
@@ -111,10 +125,25 @@ async fn instant_rollback(
     progress: ProgressTx,
 ) -> Result<DeployRecord, DeployError> {
     let (color, version) = (old.color, old.version.clone());
-    let mut run = Run::begin(shared, svc, claim, progress, DeployKind::Rollback, &version, color, requested_by)?;
-    run.say(format!("rolling back to {version} ({color}), still running"));
+    let mut run = Run::begin(
+        shared,
+        svc,
+        claim,
+        progress,
+        DeployKind::Rollback,
+        &version,
+        color,
+        requested_by,
+    )?;
+    run.say(format!(
+        "rolling back to {version} ({color}), still running"
+    ));
     // A fresh pool over the same targets: the old one was retired by the switch away from it.
-    let pool = Arc::new(Pool::new(color, version.clone(), old.pool.targets().to_vec()));
+    let pool = Arc::new(Pool::new(
+        color,
+        version.clone(),
+        old.pool.targets().to_vec(),
+    ));
     let health = HealthCheck::start(&shared.prober, &pool, &svc.cfg.health);
     run.instances = old.instances.clone();
     run.live = Some(Live {
@@ -124,12 +153,19 @@ async fn instant_rollback(
         pool,
         _health: health,
     });
-    run.execute(Deploy::begin(DeployKind::Rollback, &version, color, false), slots)
-        .await
+    run.execute(
+        Deploy::begin(DeployKind::Rollback, &version, color, false),
+        slots,
+    )
+    .await
 }
 
 /// The newest version that served successfully and is not live now.
-fn last_other_version(shared: &Shared, service: &str, slots: &Slots) -> Result<Option<String>, DeployError> {
+fn last_other_version(
+    shared: &Shared,
+    service: &str,
+    slots: &Slots,
+) -> Result<Option<String>, DeployError> {
     let live = slots.active.as_ref().map(|a| a.version.as_str());
     Ok(shared
         .store
@@ -256,7 +292,10 @@ impl<'a> Run<'a> {
                 command: cfg.command.clone(),
                 env: cfg.env.clone(),
                 workdir: cfg.workdir.clone(),
-                log: self.shared.logs.join(log_name(&cfg.name, &self.version, self.color, index)),
+                log: self
+                    .shared
+                    .logs
+                    .join(log_name(&cfg.name, &self.version, self.color, index)),
             };
             match self.shared.runtime.start(&spec).await {
                 Ok(instance) => self.instances.push(instance),
@@ -275,7 +314,11 @@ impl<'a> Run<'a> {
             return Event::StartFailed(e.to_string());
         }
         let addrs: Vec<String> = self.instances.iter().map(|i| i.addr.to_string()).collect();
-        self.say(format!("started {} instance(s) on {}", addrs.len(), addrs.join(", ")));
+        self.say(format!(
+            "started {} instance(s) on {}",
+            addrs.len(),
+            addrs.join(", ")
+        ));
         Event::Started
     }
 
@@ -332,7 +375,12 @@ impl<'a> Run<'a> {
         let (Some(command), Some(live)) = (&self.svc.cfg.switch.smoke, &self.live) else {
             return Event::SmokePassed;
         };
-        let preview = match self.shared.traffic.preview(&self.svc.cfg.name, &live.pool).await {
+        let preview = match self
+            .shared
+            .traffic
+            .preview(&self.svc.cfg.name, &live.pool)
+            .await
+        {
             Ok(p) => p,
             Err(e) => return Event::SmokeFailed(e.to_string()),
         };
@@ -344,8 +392,18 @@ impl<'a> Run<'a> {
             preview_url: Some(&preview.url),
         };
         let argv: Vec<String> = command.iter().map(|t| t.render(&vars)).collect();
-        self.say(format!("smoke: {} (preview {})", argv.join(" "), preview.url));
-        let outcome = run_smoke(&argv, &self.shared.workdir, &preview.url, self.svc.cfg.switch.smoke_timeout).await;
+        self.say(format!(
+            "smoke: {} (preview {})",
+            argv.join(" "),
+            preview.url
+        ));
+        let outcome = run_smoke(
+            &argv,
+            &self.shared.workdir,
+            &preview.url,
+            self.svc.cfg.switch.smoke_timeout,
+        )
+        .await;
         match outcome {
             Ok(()) => Event::SmokePassed,
             Err(why) => Event::SmokeFailed(why),
@@ -360,14 +418,19 @@ impl<'a> Run<'a> {
         };
         let keep = self.svc.cfg.switch.keep_previous;
         if let Err(e) = self.shared.traffic.switch(name, live.pool.clone()) {
-            self.shared.store.fail_deploy(self.id, &e.to_string(), None)?;
+            self.shared
+                .store
+                .fail_deploy(self.id, &e.to_string(), None)?;
             return Err(DeployError::Failed(Box::new(self.record_now()?)));
         }
         let retire_at = now_ms() + (self.svc.cfg.switch.drain_timeout + keep).as_millis() as i64;
         self.shared
             .store
             .record_switch(self.id, name, self.color, retire_at)?;
-        self.say(format!("switched: {} ({}) is live", self.version, self.color));
+        self.say(format!(
+            "switched: {} ({}) is live",
+            self.version, self.color
+        ));
         if let Some(old) = slots.active.replace(live) {
             self.say(format!("draining {} ({})", old.version, old.color));
             slots.previous = Some(retire::start(self.shared, self.svc, old, keep));
@@ -385,16 +448,23 @@ impl<'a> Run<'a> {
 
     /// The deploy failed: stop what it started and record why.
     async fn stop_candidate(&mut self, machine: &Deploy) -> Result<(), DeployError> {
-        let error = machine.error.clone().unwrap_or_else(|| "failed".to_string());
+        let error = machine
+            .error
+            .clone()
+            .unwrap_or_else(|| "failed".to_string());
         let tail = self.log_tail();
         self.live = None;
         retire::stop_instances(self.shared, self.svc, &self.instances).await;
         let name = &self.svc.cfg.name;
         self.shared.store.remove_release(name, self.color)?;
-        self.shared.store.fail_deploy(self.id, &error, tail.as_deref())?;
+        self.shared
+            .store
+            .fail_deploy(self.id, &error, tail.as_deref())?;
         self.phase = Phase::Failed;
         self.claim.set_phase(Phase::Failed);
-        self.say(format!("failed: {error}; candidate stopped, traffic untouched"));
+        self.say(format!(
+            "failed: {error}; candidate stopped, traffic untouched"
+        ));
         Ok(())
     }
 
@@ -412,7 +482,12 @@ impl<'a> Run<'a> {
 }
 
 /// Runs the smoke command; `Err` says why it failed.
-async fn run_smoke(argv: &[String], dir: &std::path::Path, url: &str, limit: Duration) -> Result<(), String> {
+async fn run_smoke(
+    argv: &[String],
+    dir: &std::path::Path,
+    url: &str,
+    limit: Duration,
+) -> Result<(), String> {
     let shown = argv.join(" ");
     let child = tokio::process::Command::new(&argv[0])
         .args(&argv[1..])
@@ -439,15 +514,27 @@ async fn run_smoke(argv: &[String], dir: &std::path::Path, url: &str, limit: Dur
     };
     let text = [output.stderr, output.stdout].concat();
     let text = String::from_utf8_lossy(&text);
-    let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
-    Err(format!("`{shown}` {status}: {}", last.trim()).trim_end_matches(": ").to_string())
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    Err(format!("`{shown}` {status}: {}", last.trim())
+        .trim_end_matches(": ")
+        .to_string())
 }
 
 /// `web-v2-green-0.log`, with anything odd in the version made safe for a file name.
 fn log_name(service: &str, version: &str, color: Color, index: usize) -> String {
     let version: String = version
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     format!("{service}-{version}-{color}-{index}.log")
 }

@@ -26,9 +26,17 @@ pub(crate) async fn service(
     let store = &shared.store;
     let mut releases = store.releases(name)?;
 
-    for deploy in store.unfinished_deploys()?.into_iter().filter(|d| &d.service == name) {
-        let candidate = releases.iter_mut().find(|r| r.color == deploy.color && r.role == Role::Candidate);
-        let alive = candidate.as_ref().is_some_and(|r| all_alive(shared, &r.instances));
+    for deploy in store
+        .unfinished_deploys()?
+        .into_iter()
+        .filter(|d| &d.service == name)
+    {
+        let candidate = releases
+            .iter_mut()
+            .find(|r| r.color == deploy.color && r.role == Role::Candidate);
+        let alive = candidate
+            .as_ref()
+            .is_some_and(|r| all_alive(shared, &r.instances));
         match (deploy.phase, candidate) {
             (Phase::Switching, Some(_)) if alive => {
                 tracing::warn!(service = %name, version = %deploy.version, "completing a switch interrupted by a restart");
@@ -80,7 +88,11 @@ fn all_alive(shared: &Shared, instances: &[Instance]) -> bool {
 }
 
 /// Takes over a release's running instances, replacing any that are gone.
-async fn adopt(shared: &Arc<Shared>, svc: &Arc<ServiceState>, mut release: Release) -> Result<Live, StoreError> {
+async fn adopt(
+    shared: &Arc<Shared>,
+    svc: &Arc<ServiceState>,
+    mut release: Release,
+) -> Result<Live, StoreError> {
     let mut replaced = false;
     for (index, instance) in release.instances.iter_mut().enumerate() {
         if shared.runtime.exited(instance).is_none() {
@@ -102,7 +114,9 @@ async fn adopt(shared: &Arc<Shared>, svc: &Arc<ServiceState>, mut release: Relea
                 *instance = fresh;
                 replaced = true;
             }
-            Err(e) => tracing::error!(service = %svc.cfg.name, index, error = %e, "cannot restart instance"),
+            Err(e) => {
+                tracing::error!(service = %svc.cfg.name, index, error = %e, "cannot restart instance")
+            }
         }
     }
     if replaced {

@@ -16,7 +16,12 @@ use crate::view::PreviousState;
 use crate::Shared;
 
 /// Starts retiring `old`, which the route table no longer points at.
-pub(crate) fn start(shared: &Arc<Shared>, svc: &Arc<ServiceState>, old: Live, keep: Duration) -> Retiring {
+pub(crate) fn start(
+    shared: &Arc<Shared>,
+    svc: &Arc<ServiceState>,
+    old: Live,
+    keep: Duration,
+) -> Retiring {
     let hurry = CancellationToken::new();
     let revive = CancellationToken::new();
     let (color, version) = (old.color, old.version.clone());
@@ -81,7 +86,11 @@ pub(crate) async fn stop(shared: &Shared, svc: &ServiceState, live: &Live) {
     tracing::info!(service = %svc.cfg.name, version = %live.version, color = %live.color, "stopped");
 }
 
-pub(crate) async fn stop_instances(shared: &Shared, svc: &ServiceState, instances: &[baton_runtime::Instance]) {
+pub(crate) async fn stop_instances(
+    shared: &Shared,
+    svc: &ServiceState,
+    instances: &[baton_runtime::Instance],
+) {
     let grace = svc.cfg.stop_timeout;
     join_all(instances.iter().map(|i| shared.runtime.stop(i, grace))).await;
 }

@@ -71,7 +71,11 @@ impl DeployStatus {
             DeployKind::Rollback => "rollback",
         };
         let secs = (now_ms() - self.started_at) / 1000;
-        format!("{kind} {id}of {}, {} for {secs}s", self.version, phase_name(self.phase))
+        format!(
+            "{kind} {id}of {}, {} for {secs}s",
+            self.version,
+            phase_name(self.phase)
+        )
     }
 }
 

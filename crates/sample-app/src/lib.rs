@@ -31,6 +31,7 @@ pub const CRASH_EXIT_CODE: i32 = 3;
 /// `--crash` is handled before the runtime exists, mimicking a release that
 /// dies during boot.
 pub fn main_blocking(opts: Options) -> anyhow::Result<()> {
+    let opts = opts.apply_behaviour().map_err(anyhow::Error::msg)?;
     crash_if_requested(&opts);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

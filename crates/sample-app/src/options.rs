@@ -50,6 +50,12 @@ pub struct Options {
     /// How long a graceful shutdown waits for in-flight requests.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
+
+    /// Misbehave only as one version: `v3=broken`, `v2=unhealthy-for:2s`,
+    /// `bad=crash,never-healthy`, `v4=error-rate:0.05`. Lets one fixed
+    /// command line (a service's config) stage good and bad releases.
+    #[arg(long = "behave", value_name = "VERSION=FLAGS")]
+    pub behave: Vec<String>,
 }
 
 impl Options {
@@ -65,7 +71,33 @@ impl Options {
             broken: false,
             error_rate: 0.0,
             drain_timeout: Duration::from_secs(30),
+            behave: Vec::new(),
         }
+    }
+
+    /// Applies the `--behave` rules that name this version.
+    pub fn apply_behaviour(mut self) -> Result<Self, String> {
+        let rules = std::mem::take(&mut self.behave);
+        for rule in &rules {
+            let (version, flags) = rule
+                .split_once('=')
+                .ok_or_else(|| format!("--behave {rule:?}: expected VERSION=FLAGS"))?;
+            if version != self.version {
+                continue;
+            }
+            for flag in flags.split(',').map(str::trim) {
+                let (name, value) = flag.split_once(':').unwrap_or((flag, ""));
+                match name {
+                    "crash" => self.crash = true,
+                    "broken" => self.broken = true,
+                    "never-healthy" => self.never_healthy = true,
+                    "unhealthy-for" => self.unhealthy_for = parse_duration(value)?,
+                    "error-rate" => self.error_rate = parse_error_rate(value)?,
+                    other => return Err(format!("--behave {rule:?}: unknown flag {other:?}")),
+                }
+            }
+        }
+        Ok(self)
     }
 }
 
@@ -102,6 +134,31 @@ mod tests {
     fn parse(args: &[&str]) -> Result<Options, clap::Error> {
         let argv = std::iter::once("sample-app").chain(args.iter().copied());
         Cli::try_parse_from(argv).map(|cli| cli.opts)
+    }
+
+    #[test]
+    fn behaviour_applies_to_its_version_only() {
+        let base = [
+            "--port",
+            "1",
+            "--behave",
+            "v3=broken,unhealthy-for:2s",
+            "--behave",
+            "v4=crash",
+        ];
+        let v3 = parse(&[&base[..], &["--version", "v3"]].concat())
+            .unwrap()
+            .apply_behaviour()
+            .unwrap();
+        assert!(v3.broken && !v3.crash);
+        assert_eq!(v3.unhealthy_for, Duration::from_secs(2));
+        let v2 = parse(&[&base[..], &["--version", "v2"]].concat())
+            .unwrap()
+            .apply_behaviour()
+            .unwrap();
+        assert!(!v2.broken && !v2.crash);
+        let bad = parse(&["--port", "1", "--behave", "v1=explode", "--version", "v1"]).unwrap();
+        assert!(bad.apply_behaviour().unwrap_err().contains("explode"));
     }
 
     #[test]

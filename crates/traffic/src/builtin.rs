@@ -44,7 +44,11 @@ impl Builtin {
 
 #[async_trait]
 impl Traffic for Builtin {
-    async fn preview(&self, _service: &str, candidate: &Arc<Pool>) -> Result<Preview, TrafficError> {
+    async fn preview(
+        &self,
+        _service: &str,
+        candidate: &Arc<Pool>,
+    ) -> Result<Preview, TrafficError> {
         let route = self
             .proxy
             .preview(candidate.clone())

@@ -1,0 +1,192 @@
+//! Test harness: a real `baton serve` process in a temporary directory,
+//! driven through the real CLI, with the sample app as the deployed service.
+//!
+//! Every wait is on a condition with a deadline; nothing sleeps blindly.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BATON: &str = env!("CARGO_BIN_EXE_baton");
+
+/// A baton installation under test.
+pub struct Baton {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub port: u16,
+    serve: Option<Child>,
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The sample app as a TOML command array, with extra arguments.
+pub fn sample_app(extra: &[&str]) -> String {
+    let mut argv = vec![
+        BATON,
+        "sample-app",
+        "--port",
+        "{port}",
+        "--version",
+        "{version}",
+    ];
+    argv.extend_from_slice(extra);
+    format!(
+        "[{}]",
+        argv.iter()
+            .map(|a| format!("{a:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+impl Baton {
+    /// A config with a proxy on a free port; `services` is appended as is.
+    pub fn new(services: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let config = dir.path().join("baton.toml");
+        let text = format!("[proxy]\nlisten = [\"127.0.0.1:{port}\"]\n\n{services}\n");
+        std::fs::write(&config, text).unwrap();
+        Self {
+            dir,
+            config,
+            port,
+            serve: None,
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Starts `baton serve` and waits until its control API answers.
+    pub fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("serve.log"))
+            .unwrap();
+        let child = Command::new(BATON)
+            .args(["serve", "-c"])
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.serve = Some(child);
+        wait_until("baton serve to answer", Duration::from_secs(20), || {
+            self.cli(&["status", "--json"]).status.success()
+        });
+    }
+
+    /// Runs a CLI command against this installation.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BATON)
+            .args(args)
+            .arg("-c")
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// Runs a CLI command and insists that it succeeds.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "baton {args:?} failed: {}\n{}",
+            text(&out.stderr),
+            self.serve_log()
+        );
+        text(&out.stdout)
+    }
+
+    pub fn status(&self, service: &str) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["status", service, "--json"])).unwrap()
+    }
+
+    pub fn serve_log(&self) -> String {
+        std::fs::read_to_string(self.path("serve.log")).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// `kill -9` of `baton serve`; the apps keep running.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.serve.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    pub fn serve_pid(&self) -> Option<u32> {
+        self.serve.as_ref().map(|c| c.id())
+    }
+}
+
+impl Drop for Baton {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.serve.take() {
+            let _ = self.cli(&["shutdown", "--stop-apps"]);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Polls `cond` until it holds; panics naming `what` after `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// One GET through a fresh connection: (status, body).
+pub fn get(url: &str) -> (u16, String) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(baton_loadgen::get_once(url, None))
+        .unwrap_or((0, String::new()))
+}
+
+/// True while a process with this pid exists and is not a zombie.
+pub fn pid_alive(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    !stat.is_empty() && !stat.contains(") Z ")
+}
+
+pub fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
