@@ -4,6 +4,7 @@
 //! single keep-alive connection so a test can see exactly when connections
 //! break and are re-established across a switch.
 
+use hyper::Method;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
@@ -33,6 +34,8 @@ pub(crate) struct Target {
     connect_addr: String,
     host: HeaderValue,
     path: Uri,
+    /// GET by default; POST makes requests a proxy must not retry.
+    pub(crate) method: Method,
 }
 
 impl Target {
@@ -61,6 +64,7 @@ impl Target {
             connect_addr,
             host,
             path,
+            method: Method::GET,
         })
     }
 }
@@ -99,13 +103,15 @@ pub(crate) async fn still_usable(sender: &mut Sender, wait: Duration) -> bool {
     !sender.is_closed() && matches!(tokio::time::timeout(wait, sender.ready()).await, Ok(Ok(())))
 }
 
-/// Sends one GET and reads the whole response body.
+/// Sends one request (GET unless the target says otherwise) and reads the whole response body.
 pub(crate) async fn fetch(
     sender: &mut Sender,
     target: &Target,
     close: bool,
 ) -> anyhow::Result<Answer> {
-    let mut req = Request::get(target.path.clone())
+    let mut req = Request::builder()
+        .method(target.method.clone())
+        .uri(target.path.clone())
         .header(header::HOST, target.host.clone())
         .header(header::USER_AGENT, USER_AGENT)
         .body(Empty::<Bytes>::new())

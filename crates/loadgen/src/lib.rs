@@ -30,7 +30,7 @@ use stats::{Outcome, Recorder};
 use worker::Worker;
 
 /// Upper bound on [`get_once`], so a hung server cannot hang a test.
-const GET_ONCE_TIMEOUT: Duration = Duration::from_secs(10);
+const GET_ONCE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What load to generate and against what.
 #[derive(Debug, Clone)]
@@ -45,6 +45,9 @@ pub struct LoadConfig {
     pub request_timeout: Duration,
     /// Pause between requests on one connection; zero means flat out.
     pub pause_between_requests: Duration,
+    /// The request method (GET by default). A POST is never retried by a
+    /// proxy, so a lost request cannot hide behind a retry.
+    pub method: hyper::Method,
 }
 
 impl LoadConfig {
@@ -56,6 +59,7 @@ impl LoadConfig {
             connections: 1,
             request_timeout: Duration::from_secs(5),
             pause_between_requests: Duration::ZERO,
+            method: hyper::Method::GET,
         }
     }
 }
@@ -78,7 +82,10 @@ pub fn start(cfg: LoadConfig) -> LoadHandle {
     let recorder = Arc::new(Recorder::default());
     let (stop, stop_rx) = watch::channel(false);
     let tasks = match Target::parse(&cfg.url, cfg.host_header.as_deref()) {
-        Ok(target) => spawn_workers(&cfg, target, &recorder, stop_rx),
+        Ok(mut target) => {
+            target.method = cfg.method.clone();
+            spawn_workers(&cfg, target, &recorder, stop_rx)
+        }
         Err(e) => {
             recorder.record(Outcome::ConnError(format!("invalid load target: {e:#}")));
             Vec::new()
@@ -150,7 +157,7 @@ impl Drop for LoadHandle {
 
 /// One GET on a fresh connection (`Connection: close`): `(status, body)`.
 ///
-/// A convenience for tests and health probes; bounded by a 10 s timeout.
+/// A convenience for tests and health probes; bounded by a 60 s timeout.
 pub async fn get_once(url: &str, host_header: Option<&str>) -> anyhow::Result<(u16, String)> {
     let target = Target::parse(url, host_header)?;
     let exchange = async {
