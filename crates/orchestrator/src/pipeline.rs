@@ -254,17 +254,10 @@ impl<'a> Run<'a> {
             };
             queue.extend(machine.on(event));
         }
-        let record = self
-            .shared
-            .store
-            .last_deploy(&self.svc.cfg.name)?
-            .filter(|r| r.id == self.id);
-        match (machine.phase, record) {
-            (Phase::Done, Some(record)) => Ok(record),
-            (_, Some(record)) => Err(DeployError::Failed(Box::new(record))),
-            (_, None) => Err(DeployError::NothingToRollBack {
-                service: self.svc.cfg.name.clone(),
-            }),
+        let record = self.shared.store.deploy(self.id)?;
+        match machine.phase {
+            Phase::Done => Ok(record),
+            _ => Err(DeployError::Failed(Box::new(record))),
         }
     }
 
@@ -277,7 +270,7 @@ impl<'a> Run<'a> {
         self.phase = phase;
         self.shared.store.set_phase(self.id, phase)?;
         self.claim.set_phase(phase);
-        self.say(format!("{}", phase_name(phase)));
+        self.say(phase_name(phase).to_string());
         Ok(())
     }
 
@@ -421,7 +414,7 @@ impl<'a> Run<'a> {
             self.shared
                 .store
                 .fail_deploy(self.id, &e.to_string(), None)?;
-            return Err(DeployError::Failed(Box::new(self.record_now()?)));
+            return Err(DeployError::Failed(Box::new(self.shared.store.deploy(self.id)?)));
         }
         let retire_at = now_ms() + (self.svc.cfg.switch.drain_timeout + keep).as_millis() as i64;
         self.shared
@@ -436,14 +429,6 @@ impl<'a> Run<'a> {
             slots.previous = Some(retire::start(self.shared, self.svc, old, keep));
         }
         Ok(Event::Switched)
-    }
-
-    fn record_now(&self) -> Result<DeployRecord, DeployError> {
-        let name = &self.svc.cfg.name;
-        self.shared
-            .store
-            .last_deploy(name)?
-            .ok_or_else(|| DeployError::UnknownService(name.clone()))
     }
 
     /// The deploy failed: stop what it started and record why.

@@ -299,6 +299,14 @@ impl Store {
         .collect()
     }
 
+    /// One deploy by id.
+    pub fn deploy(&self, id: i64) -> Result<DeployRecord> {
+        self.deploys("WHERE id = ?1", params![id])?
+            .into_iter()
+            .next()
+            .ok_or_else(|| StoreError::Corrupt(format!("deploy #{id} is missing")))
+    }
+
     /// The newest deploy of a service, if any.
     pub fn last_deploy(&self, service: &str) -> Result<Option<DeployRecord>> {
         Ok(self.history(service, 1)?.into_iter().next())
