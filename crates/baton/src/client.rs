@@ -15,12 +15,21 @@ use tokio::net::UnixStream;
 use crate::api::{DeployEvent, Outcome};
 
 /// `baton serve` could not be reached; the CLI exits with `exit::UNREACHABLE`.
+///
+/// The io error is part of the message, not the error's source, so that
+/// `{:#}` prints it once.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot reach baton at {}: {source} (is `baton serve` running?)", .socket.display())]
+#[error("cannot reach baton at {}: {io} (is `baton serve` running?)", .socket.display())]
 pub struct Unreachable {
     socket: PathBuf,
-    source: std::io::Error,
+    io: std::io::Error,
 }
+
+/// `baton serve` went away in the middle of a deploy's answer; the CLI
+/// exits with `exit::UNREACHABLE`: how the deploy ended is unknown here.
+#[derive(Debug, thiserror::Error)]
+#[error("`baton serve` closed the connection before the deploy ended; see `baton status`")]
+pub struct Lost;
 
 /// A connection target for the control API.
 pub struct Client {
@@ -44,9 +53,9 @@ impl Client {
     ) -> anyhow::Result<Response<Incoming>> {
         let stream = UnixStream::connect(&self.socket)
             .await
-            .map_err(|source| Unreachable {
+            .map_err(|io| Unreachable {
                 socket: self.socket.clone(),
-                source,
+                io,
             })?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
@@ -102,7 +111,9 @@ impl Client {
         let mut body = self.send("POST", path, Some(body)).await?.into_body();
         let mut buf = BytesMut::new();
         while let Some(frame) = body.frame().await {
-            let frame = frame.context("control API stream")?;
+            let Ok(frame) = frame else {
+                return Err(Lost.into());
+            };
             let Ok(data) = frame.into_data() else {
                 continue;
             };
@@ -117,8 +128,6 @@ impl Client {
                 }
             }
         }
-        anyhow::bail!(
-            "`baton serve` closed the connection before the deploy ended; see `baton status`"
-        )
+        Err(Lost.into())
     }
 }

@@ -100,7 +100,13 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(exit::BAD_INPUT)
+            let unreachable = e.downcast_ref::<client::Unreachable>().is_some()
+                || e.downcast_ref::<client::Lost>().is_some();
+            ExitCode::from(if unreachable {
+                exit::UNREACHABLE
+            } else {
+                exit::BAD_INPUT
+            })
         }
     }
 }

@@ -25,15 +25,18 @@ use crate::api::{self, ApiState};
 pub async fn run(config_path: &Path) -> anyhow::Result<u8> {
     init_logging();
     let config = Config::load(config_path)?;
-    std::fs::create_dir_all(&config.state_dir)
-        .with_context(|| format!("cannot create state dir {}", config.state_dir.display()))?;
-    let control = bind_control(&config.control_socket).await?;
+    // Refusals first, before anything is created on disk: another baton on
+    // this socket, a busy proxy port.
+    refuse_if_running(&config.control_socket).await?;
     let listeners = config
         .proxy
         .listen
         .iter()
         .map(|addr| bind(*addr).with_context(|| format!("cannot listen on {addr} (proxy.listen)")))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("cannot create state dir {}", config.state_dir.display()))?;
+    let control = bind_control(&config.control_socket).await?;
     let store = Arc::new(Store::open(&config.state_dir)?);
 
     let proxy = Arc::new(Proxy::new(Timeouts {
@@ -101,17 +104,24 @@ fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
     Ok(TcpListener::from_std(std)?)
 }
 
-/// Binds the control socket, refusing if another `baton serve` answers on it.
-async fn bind_control(socket: &Path) -> anyhow::Result<UnixListener> {
-    if let Some(dir) = socket.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
+/// Refuses if another `baton serve` answers on the control socket.
+async fn refuse_if_running(socket: &Path) -> anyhow::Result<()> {
     if tokio::net::UnixStream::connect(socket).await.is_ok() {
         anyhow::bail!(
             "another `baton serve` is already running on {} (control.socket)",
             socket.display()
         );
     }
+    Ok(())
+}
+
+/// Binds the control socket, refusing if another `baton serve` answers on it
+/// (checked again: one may have started since `refuse_if_running`).
+async fn bind_control(socket: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    refuse_if_running(socket).await?;
     let _ = std::fs::remove_file(socket);
     UnixListener::bind(socket)
         .with_context(|| format!("cannot bind {} (control.socket)", socket.display()))

@@ -21,11 +21,21 @@ async fn cli(b: &Baton, args: &[&str]) -> String {
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     let config = b.config.clone();
     let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(BATON).args(&args).arg("-c").arg(config).output().unwrap()
+        std::process::Command::new(BATON)
+            .args(&args)
+            .arg("-c")
+            .arg(config)
+            .output()
+            .unwrap()
     })
     .await
     .unwrap();
-    assert!(out.status.success(), "baton failed: {}\n{}", text(&out.stderr), b.serve_log());
+    assert!(
+        out.status.success(),
+        "baton failed: {}\n{}",
+        text(&out.stderr),
+        b.serve_log()
+    );
     text(&out.stdout)
 }
 
@@ -53,7 +63,11 @@ async fn twenty_deploys_under_keep_alive_load_lose_nothing() {
         // From the moment deploy returns, every new request reaches the new version.
         for _ in 0..20 {
             let (status, body) = baton_loadgen::get_once(&b.url("/"), None).await.unwrap();
-            assert_eq!((status, body.trim()), (200, format!("version={version}").as_str()), "after deploy {i}");
+            assert_eq!(
+                (status, body.trim()),
+                (200, format!("version={version}").as_str()),
+                "after deploy {i}"
+            );
         }
         for seen in [gets.snapshot(), posts.snapshot()] {
             assert_eq!(seen.failed(), 0, "after deploy {i}: {seen}");
@@ -64,7 +78,10 @@ async fn twenty_deploys_under_keep_alive_load_lose_nothing() {
         assert_eq!(stats.conn_errors, 0, "{stats}");
         assert_eq!(stats.non_2xx, 0, "{stats}");
         assert!(stats.ok > 1000, "the load actually ran: {stats}");
-        assert!(stats.versions.contains_key("v1") && stats.versions.contains_key("v2"), "{stats}");
+        assert!(
+            stats.versions.contains_key("v1") && stats.versions.contains_key("v2"),
+            "{stats}"
+        );
     }
 }
 
@@ -78,14 +95,24 @@ async fn a_request_in_flight_at_the_switch_completes_on_the_old_version() {
     wait_in_flight(&b, 1).await;
 
     cli(&b, &["deploy", "web", "v2"]).await;
-    assert_eq!(baton_loadgen::get_once(&b.url("/"), None).await.unwrap().1.trim(), "version=v2");
+    assert_eq!(
+        baton_loadgen::get_once(&b.url("/"), None)
+            .await
+            .unwrap()
+            .1
+            .trim(),
+        "version=v2"
+    );
     let status = b.status("web");
     assert_eq!(status["previous"]["state"], "draining", "{status}");
 
     let (code, body) = slow.await.unwrap().unwrap();
     assert_eq!((code, body.trim()), (200, "version=v1"));
     // Then, and only then, the old release is stopped.
-    wait_for_status(&b, "the previous release to be stopped", |s| s["previous"].is_null()).await;
+    wait_for_status(&b, "the previous release to be stopped", |s| {
+        s["previous"].is_null()
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,27 +129,44 @@ async fn a_websocket_outlives_the_switch_and_is_closed_with_a_close_frame() {
     let url = format!("ws://127.0.0.1:{}/ws", b.port);
     let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
     ws.send(Message::text("before")).await.unwrap();
-    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("v1:before"));
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("v1:before")
+    );
 
     cli(&b, &["deploy", "web", "v2"]).await;
     let switched = std::time::Instant::now();
     // Still talking to blue after the switch.
     for i in 0..5 {
         ws.send(Message::text(format!("after-{i}"))).await.unwrap();
-        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(format!("v1:after-{i}")));
-        assert!(blue_pids.iter().all(|p| pid_alive(*p)), "blue stopped while its WebSocket was open");
+        assert_eq!(
+            ws.next().await.unwrap().unwrap(),
+            Message::text(format!("v1:after-{i}"))
+        );
+        assert!(
+            blue_pids.iter().all(|p| pid_alive(*p)),
+            "blue stopped while its WebSocket was open"
+        );
     }
     // At the drain timeout: a close frame, not a reset.
-    let closing = tokio::time::timeout(Duration::from_secs(15), ws.next()).await.unwrap();
+    let closing = tokio::time::timeout(Duration::from_secs(15), ws.next())
+        .await
+        .unwrap();
     match closing {
         Some(Ok(Message::Close(Some(frame)))) => assert_eq!(frame.code, CloseCode::Away),
         other => panic!("expected a close frame, got {other:?}"),
     }
-    assert!(switched.elapsed() >= Duration::from_secs(2), "closed before the drain timeout");
+    assert!(
+        switched.elapsed() >= Duration::from_secs(2),
+        "closed before the drain timeout"
+    );
     // Then blue is stopped, the whole of it.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while blue_pids.iter().any(|p| pid_alive(*p)) {
-        assert!(std::time::Instant::now() < deadline, "blue still running after its drain");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "blue still running after its drain"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -135,16 +179,24 @@ fn app_pids(b: &Baton, version: &str) -> Vec<u32> {
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
-            let cmdline = read(&std::path::PathBuf::from(format!("/proc/{pid}/cmdline"))).replace('\0', " ");
+            let cmdline =
+                read(&std::path::PathBuf::from(format!("/proc/{pid}/cmdline"))).replace('\0', " ");
             let cwd_log = std::fs::read_link(format!("/proc/{pid}/fd/1")).unwrap_or_default();
-            cmdline.contains("sample-app") && cmdline.contains(&format!("--version {version} ")) && cwd_log.starts_with(&logs)
+            cmdline.contains("sample-app")
+                && cmdline.contains(&format!("--version {version} "))
+                && cwd_log.starts_with(&logs)
         })
         .collect()
 }
 
 async fn wait_in_flight(b: &Baton, n: u64) {
     wait_for_status(b, "a request in flight", |s| {
-        s["active"]["targets"].as_array().is_some_and(|t| t.iter().map(|t| t["in_flight"].as_u64().unwrap_or(0)).sum::<u64>() >= n)
+        s["active"]["targets"].as_array().is_some_and(|t| {
+            t.iter()
+                .map(|t| t["in_flight"].as_u64().unwrap_or(0))
+                .sum::<u64>()
+                >= n
+        })
     })
     .await;
 }
@@ -156,7 +208,10 @@ async fn wait_for_status(b: &Baton, what: &str, cond: impl Fn(&serde_json::Value
         if cond(&s) {
             return;
         }
-        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}: {s}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}: {s}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -18,11 +18,10 @@ pub use template::{Template, Vars, INSTANCE_VARS, SMOKE_VARS};
 /// A configuration that failed to load; its `Display` is the one line a user sees.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: cannot read: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    /// The io error is in the message rather than the error's source, so
+    /// that printing the error with its causes shows it once.
+    #[error("{path}: cannot read: {io}")]
+    Read { path: PathBuf, io: std::io::Error },
     #[error("{path}:{line}:{column}: {message}")]
     Syntax {
         path: PathBuf,
@@ -160,9 +159,9 @@ impl std::fmt::Display for HostPattern {
 impl Config {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let read_error = |source| ConfigError::Read {
+        let read_error = |io| ConfigError::Read {
             path: path.to_path_buf(),
-            source,
+            io,
         };
         // Absolute, so that paths inside resolve the same from any directory.
         let absolute = std::path::absolute(path).map_err(read_error)?;

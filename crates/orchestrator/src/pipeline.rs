@@ -414,7 +414,9 @@ impl<'a> Run<'a> {
             self.shared
                 .store
                 .fail_deploy(self.id, &e.to_string(), None)?;
-            return Err(DeployError::Failed(Box::new(self.shared.store.deploy(self.id)?)));
+            return Err(DeployError::Failed(Box::new(
+                self.shared.store.deploy(self.id)?,
+            )));
         }
         let retire_at = now_ms() + (self.svc.cfg.switch.drain_timeout + keep).as_millis() as i64;
         self.shared

@@ -157,6 +157,8 @@ impl CloneHead for request::Parts {
 }
 
 /// Finds the live pool for the request and takes a target from it.
+// The error is the response to send, built on the cold path only.
+#[allow(clippy::result_large_err)]
 fn pick(routing: &Routing, host: Option<&HeaderValue>) -> Result<InFlight, Response<ResponseBody>> {
     // A pool retired between our load and our pick is replaced by then: load again.
     for _ in 0..8 {

@@ -146,6 +146,7 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Resp {
     match req.uri().path() {
         "/ws" => websocket(app, req),
         "/slow" => slow(app, req).await,
+        "/headers" => headers(&app, req).await,
         _ => {
             if let Err(resp) = discard_body(&app, req).await {
                 return resp;
@@ -166,6 +167,20 @@ async fn slow(app: Arc<App>, req: Request<Incoming>) -> Resp {
     }
     tokio::time::sleep(delay).await;
     app.hello()
+}
+
+/// `/headers`: the request's headers as `name: value` lines, in the order
+/// received, so tests can see what a proxy in front delivered.
+async fn headers(app: &App, req: Request<Incoming>) -> Resp {
+    let lines: String = req
+        .headers()
+        .iter()
+        .map(|(name, value)| format!("{name}: {}\n", String::from_utf8_lossy(value.as_bytes())))
+        .collect();
+    if let Err(resp) = discard_body(app, req).await {
+        return resp;
+    }
+    app.text(StatusCode::OK, lines)
 }
 
 /// Extracts `ms` from a query string; absent means no delay.

@@ -6,8 +6,9 @@
 //! healthy, crash at boot, fail real traffic). The `baton` binary exposes it
 //! as a hidden `baton sample-app ...` subcommand.
 //!
-//! Endpoints: `/healthz`, `/slow?ms=N`, `/ws` (WebSocket echo) and anything
-//! else answering `version=X`. Every response carries `x-app-version`.
+//! Endpoints: `/healthz`, `/slow?ms=N`, `/ws` (WebSocket echo), `/headers`
+//! (the request's headers, one `name: value` per line) and anything else
+//! answering `version=X`. Every response carries `x-app-version`.
 
 mod app;
 mod options;

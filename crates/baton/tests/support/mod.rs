@@ -190,3 +190,136 @@ pub fn pid_alive(pid: u32) -> bool {
 pub fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
+
+// ---------------------------------------------------------------------------
+// Helpers for the failure, restart, bad-input and proxy tests (appended).
+// ---------------------------------------------------------------------------
+
+impl Baton {
+    /// Spawns `baton serve` and returns at once, with the spawn instant:
+    /// for measuring how soon a restarted baton serves.
+    pub fn start_no_wait(&mut self) -> Instant {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("serve.log"))
+            .unwrap();
+        let spawned = Instant::now();
+        let child = Command::new(BATON)
+            .args(["serve", "-c"])
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.serve = Some(child);
+        spawned
+    }
+
+    /// Waits until the control API of a started `baton serve` answers.
+    pub fn wait_control(&self) {
+        wait_until("baton serve to answer", Duration::from_secs(20), || {
+            self.cli(&["status", "--json"]).status.success()
+        });
+    }
+
+    /// A CLI command running in the background, its output piped.
+    pub fn spawn_cli(&self, args: &[&str]) -> Child {
+        Command::new(BATON)
+            .args(args)
+            .arg("-c")
+            .arg(&self.config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Pids of the live (non-zombie) sample-app processes of `version` that
+    /// this installation runs: found in /proc by their working directory
+    /// (this test's temp dir) and their `--version VERSION` arguments.
+    pub fn app_pids(&self, version: &str) -> Vec<u32> {
+        let dir = std::fs::canonicalize(self.dir.path()).unwrap();
+        let mut pids = Vec::new();
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return pids;
+        };
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if std::fs::read_link(format!("/proc/{pid}/cwd"))
+                .ok()
+                .as_deref()
+                != Some(&dir)
+            {
+                continue;
+            }
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+            let is_app = args.iter().any(|a| *a == b"sample-app")
+                && args
+                    .windows(2)
+                    .any(|w| w[0] == b"--version" && w[1] == version.as_bytes());
+            if is_app && pid_alive(pid) {
+                pids.push(pid);
+            }
+        }
+        pids.sort_unstable();
+        pids
+    }
+
+    /// `baton history SERVICE --json`.
+    pub fn history(&self, service: &str) -> Vec<serde_json::Value> {
+        serde_json::from_str(&self.ok(&["history", service, "--json"])).unwrap()
+    }
+}
+
+/// Waits for a background CLI command; panics naming `what` after `limit`.
+pub fn wait_child(what: &str, mut child: Child, limit: Duration) -> Output {
+    let deadline = Instant::now() + limit;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "timed out after {limit:?} waiting for {what}; stderr: {}",
+                text(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// One GET with a Host header through a fresh connection: (status, body).
+pub fn get_host(url: &str, host: &str) -> (u16, String) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(baton_loadgen::get_once(url, Some(host)))
+        .unwrap_or((0, String::new()))
+}
+
+/// The addresses of a service's live targets, from `status --json`.
+pub fn active_addrs(status: &serde_json::Value) -> Vec<String> {
+    let mut addrs: Vec<String> = status["active"]["targets"]
+        .as_array()
+        .map(|ts| {
+            ts.iter()
+                .filter_map(|t| t["addr"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    addrs.sort();
+    addrs
+}
