@@ -16,7 +16,7 @@ use baton_proxy::{Proxy, Timeouts};
 use baton_runtime::ProcessRuntime;
 use baton_store::Store;
 use baton_traffic::Builtin;
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
@@ -39,11 +39,13 @@ pub async fn run(config_path: &Path) -> anyhow::Result<u8> {
     let control = bind_control(&config.control_socket).await?;
     let store = Arc::new(Store::open(&config.state_dir)?);
 
-    let proxy = Arc::new(Proxy::new(Timeouts {
+    let timeouts = Timeouts {
         connect: config.proxy.connect_timeout,
         response: config.proxy.response_timeout,
         idle: config.proxy.idle_timeout,
-    }));
+    };
+    let proxy =
+        Arc::new(Proxy::new(timeouts, config.proxy.workers).context("starting proxy workers")?);
     let traffic = Arc::new(Builtin::new(proxy.clone(), &config));
     let orchestrator = Arc::new(Orchestrator::new(
         &config,
@@ -98,10 +100,8 @@ fn init_logging() {
         .try_init();
 }
 
-fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
-    let std = StdTcpListener::bind(addr)?;
-    std.set_nonblocking(true)?;
-    Ok(TcpListener::from_std(std)?)
+fn bind(addr: std::net::SocketAddr) -> anyhow::Result<StdTcpListener> {
+    Ok(StdTcpListener::bind(addr)?)
 }
 
 /// Refuses if another `baton serve` answers on the control socket.

@@ -54,6 +54,8 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
     pub listen: Vec<SocketAddr>,
+    /// Data-plane threads; each serves connections on its own.
+    pub workers: usize,
     /// Longest wait for a TCP connection to a target.
     pub connect_timeout: Duration,
     /// Longest wait for a target's response headers once the request is sent.

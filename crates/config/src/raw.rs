@@ -34,6 +34,8 @@ pub(crate) struct File {
 struct Proxy {
     #[serde(default = "default_listen")]
     listen: Vec<SocketAddr>,
+    #[serde(default = "default_workers")]
+    workers: usize,
     #[serde(default = "secs::<5>", with = "crate::duration")]
     connect_timeout: Duration,
     #[serde(default = "secs::<60>", with = "crate::duration")]
@@ -46,6 +48,7 @@ impl Default for Proxy {
     fn default() -> Self {
         Self {
             listen: default_listen(),
+            workers: default_workers(),
             connect_timeout: secs::<5>(),
             response_timeout: secs::<60>(),
             idle_timeout: secs::<75>(),
@@ -162,6 +165,12 @@ impl Default for Switch {
 fn default_listen() -> Vec<SocketAddr> {
     vec![SocketAddr::from(([127, 0, 0, 1], 8080))]
 }
+/// One worker per core, as nginx's `worker_processes auto`.
+fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
 fn default_socket() -> PathBuf {
     PathBuf::from(".baton/baton.sock")
 }
@@ -218,6 +227,9 @@ impl File {
         if self.proxy.listen.is_empty() {
             return Err(at.err("proxy.listen", "needs at least one address"));
         }
+        if !(1..=1024).contains(&self.proxy.workers) {
+            return Err(at.err("proxy.workers", "must be between 1 and 1024"));
+        }
         for (key, d) in [
             ("proxy.connect_timeout", self.proxy.connect_timeout),
             ("proxy.response_timeout", self.proxy.response_timeout),
@@ -243,6 +255,7 @@ impl File {
             path: path.to_path_buf(),
             proxy: ProxyConfig {
                 listen: self.proxy.listen,
+                workers: self.proxy.workers,
                 connect_timeout: self.proxy.connect_timeout,
                 response_timeout: self.proxy.response_timeout,
                 idle_timeout: self.proxy.idle_timeout,

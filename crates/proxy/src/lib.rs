@@ -16,6 +16,7 @@ pub mod router;
 mod server;
 pub mod target;
 mod tunnel;
+mod worker;
 mod ws_frames;
 
 use std::io;
@@ -35,42 +36,57 @@ pub use target::{Pool, Target};
 
 use forward::{Forwarder, Routing};
 use server::Listener;
+use worker::Worker;
 
-/// The proxy: listeners, the route table they read, and the shared clients.
+/// The proxy: its workers, the route table they read, and the health checker.
 pub struct Proxy {
     router: Arc<Router>,
-    forwarder: Arc<Forwarder>,
+    workers: Vec<Worker>,
+    /// Serves preview routes, on the control plane's runtime.
+    preview_forwarder: Arc<Forwarder>,
     prober: Prober,
     timeouts: Timeouts,
     stop: CancellationToken,
 }
 
 impl Proxy {
-    pub fn new(timeouts: Timeouts) -> Self {
-        Self {
+    /// A proxy with `workers` data-plane threads (at least one).
+    pub fn new(timeouts: Timeouts, workers: usize) -> io::Result<Self> {
+        let stop = CancellationToken::new();
+        let workers = (0..workers.max(1))
+            .map(|i| Worker::spawn(i, timeouts, stop.clone()))
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok(Self {
             router: Arc::new(Router::default()),
-            forwarder: Arc::new(Forwarder::new(timeouts)),
+            workers,
+            preview_forwarder: Arc::new(Forwarder::new(timeouts)),
             prober: Prober::default(),
             timeouts,
-            stop: CancellationToken::new(),
-        }
+            stop,
+        })
     }
 
-    /// Binds `addr` and serves it in the background; returns the bound address.
-    pub async fn listen(&self, addr: SocketAddr) -> io::Result<SocketAddr> {
-        let listener = TcpListener::bind(addr).await?;
-        self.serve(listener)
-    }
-
-    /// Serves an already bound listener (one inherited from a previous process, say).
-    pub fn serve(&self, listener: TcpListener) -> io::Result<SocketAddr> {
+    /// Serves a bound listener on every worker; returns its address. The
+    /// workers share the one socket (and its accept queue), so it can be
+    /// handed over to another process as it is.
+    pub fn serve(&self, listener: std::net::TcpListener) -> io::Result<SocketAddr> {
         let addr = listener.local_addr()?;
-        let serve = Listener {
-            forwarder: self.forwarder.clone(),
-            routing: Routing::Hosts(self.router.clone()),
-            idle_timeout: self.timeouts.idle,
-        };
-        tokio::spawn(serve.run(listener, self.stop.clone()));
+        listener.set_nonblocking(true)?;
+        for worker in &self.workers {
+            let socket = listener.try_clone()?;
+            let serve = Listener {
+                forwarder: worker.forwarder.clone(),
+                routing: Routing::Hosts(self.router.clone()),
+                idle_timeout: self.timeouts.idle,
+            };
+            let stop = self.stop.clone();
+            worker.handle.spawn(async move {
+                match TcpListener::from_std(socket) {
+                    Ok(socket) => serve.run(socket, stop).await,
+                    Err(e) => tracing::error!(error = %e, "worker cannot use the listener"),
+                }
+            });
+        }
         Ok(addr)
     }
 

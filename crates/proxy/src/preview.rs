@@ -35,7 +35,7 @@ impl Proxy {
         let addr = listener.local_addr()?;
         let stop = CancellationToken::new();
         let serve = Listener {
-            forwarder: self.forwarder.clone(),
+            forwarder: self.preview_forwarder.clone(),
             routing: Routing::Fixed(pool),
             idle_timeout: self.timeouts.idle,
         };
