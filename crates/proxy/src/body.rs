@@ -12,6 +12,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::target::InFlight;
+use crate::upstream::Lease;
 
 /// What the proxy sends to a target.
 #[derive(Debug)]
@@ -56,7 +57,10 @@ impl Body for RequestBody {
 pub struct ResponseBody {
     kind: Kind,
     /// Released when the body is done or dropped.
-    _hold: Option<InFlight>,
+    hold: Option<InFlight>,
+    /// The upstream connection, pooled again once the body is complete (a
+    /// body dropped half-way takes its connection with it).
+    lease: Option<Lease>,
 }
 
 #[derive(Debug)]
@@ -66,24 +70,39 @@ enum Kind {
 }
 
 impl ResponseBody {
-    pub(crate) fn upstream(body: Incoming, hold: InFlight) -> Self {
-        Self {
+    pub(crate) fn upstream(body: Incoming, hold: InFlight, lease: Lease) -> Self {
+        let mut this = Self {
             kind: Kind::Upstream(body),
-            _hold: Some(hold),
+            hold: Some(hold),
+            lease: Some(lease),
+        };
+        // hyper never polls a body that is empty from the start.
+        if this.is_end_stream() {
+            this.done();
+        }
+        this
+    }
+
+    fn done(&mut self) {
+        self.hold = None;
+        if let Some(lease) = self.lease.take() {
+            lease.release();
         }
     }
 
     pub(crate) fn full(text: impl Into<Bytes>) -> Self {
         Self {
             kind: Kind::Full(Some(text.into())),
-            _hold: None,
+            hold: None,
+            lease: None,
         }
     }
 
     pub(crate) fn empty() -> Self {
         Self {
             kind: Kind::Full(None),
-            _hold: None,
+            hold: None,
+            lease: None,
         }
     }
 }
@@ -101,8 +120,15 @@ impl Body for ResponseBody {
             Kind::Upstream(b) => Pin::new(b).poll_frame(cx),
             Kind::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
         };
-        if let Poll::Ready(None) = polled {
-            this._hold = None;
+        // hyper stops polling once the body says it has ended, so the end is
+        // noticed both ways: a final `None`, or a frame after which it is over.
+        let ended = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => this.is_end_stream(),
+            _ => false,
+        };
+        if ended {
+            this.done();
         }
         polled
     }

@@ -10,15 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{request, Method, Request, Response, StatusCode, Uri, Version};
+use http::{request, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::{RequestBody, ResponseBody};
 use crate::router::Router;
 use crate::target::{InFlight, Pool};
 use crate::tunnel;
+use crate::upstream::{Lease, SendError, Upstream};
 
 /// How a listener finds the pool for a request.
 #[derive(Debug, Clone)]
@@ -37,10 +36,10 @@ pub struct Timeouts {
     pub idle: Duration,
 }
 
-/// Sends requests to targets; one per proxy, shared by every listener.
+/// Sends requests to targets; one per worker.
 #[derive(Debug)]
 pub(crate) struct Forwarder {
-    client: Client<HttpConnector, RequestBody>,
+    pub(crate) upstream: Arc<Upstream>,
     response_timeout: Duration,
     request_ids: RequestIds,
 }
@@ -52,26 +51,13 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// Attempts per request: the first, and one retry where repeating is safe.
-const ATTEMPTS: usize = 2;
+/// Targets tried per request: the first, and others while nothing was sent.
+const ATTEMPTS: usize = 3;
 
 impl Forwarder {
     pub(crate) fn new(timeouts: Timeouts) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(timeouts.connect));
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            // Shorter than the idle timeouts of common app servers would be
-            // ideal but unknowable; a request that meets a closing pooled
-            // connection is retried instead (see `retry_copy`).
-            .pool_idle_timeout(Duration::from_secs(30))
-            .retry_canceled_requests(true)
-            .set_host(false)
-            .build(connector);
         Self {
-            client,
+            upstream: Upstream::new(timeouts.connect),
             response_timeout: timeouts.response,
             request_ids: RequestIds::new(),
         }
@@ -81,34 +67,42 @@ impl Forwarder {
     pub(crate) async fn handle(
         &self,
         routing: &Routing,
-        peer: SocketAddr,
+        peer: &Peer,
         mut req: Request<Incoming>,
     ) -> Response<ResponseBody> {
         let upgrade = upgrade_protocol(&req);
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let original_host = prepare_headers(&mut parts, peer, upgrade.as_ref(), &self.request_ids);
-        let body = RequestBody::Client(body);
-        let retry_copy = retry_copy(&parts, &body);
-        let mut first = Some(Request::from_parts(parts, body));
+        let mut req = Request::from_parts(parts, RequestBody::Client(body));
 
-        let mut last_error = None;
+        let mut last_error = String::new();
         for _ in 0..ATTEMPTS {
-            let req = match (first.take(), &retry_copy) {
-                (Some(req), _) => req,
-                (None, Some(head)) => Request::from_parts(head.clone_head(), RequestBody::Empty),
-                (None, None) => break,
-            };
             let hold = match pick(routing, original_host.as_ref()) {
                 Ok(hold) => hold,
                 Err(resp) => return resp,
             };
-            let req = address(req, &hold);
-            match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
-                Ok(Ok(resp)) => return respond(resp, hold, client_upgrade, upgrade.is_some()),
-                Ok(Err(e)) => {
-                    tracing::debug!(target = %hold.target().addr(), error = %e, "upstream request failed");
-                    last_error = Some(format!("{}: {e}", hold.target().addr()));
+            let addr = hold.target().addr();
+            let sent = tokio::time::timeout(
+                self.response_timeout,
+                self.upstream.send(addr, address(req, &hold)),
+            );
+            match sent.await {
+                Ok(Ok((resp, lease))) => {
+                    return respond(resp, hold, lease, client_upgrade, upgrade.is_some())
+                }
+                Ok(Err(SendError::NotSent(unsent, e))) => {
+                    tracing::debug!(target = %addr, error = %e, "upstream unreachable");
+                    last_error = e;
+                    req = unsent;
+                }
+                Ok(Err(SendError::Failed { error, retry })) => {
+                    tracing::debug!(target = %addr, %error, "upstream request failed");
+                    last_error = format!("{addr}: {error}");
+                    match retry {
+                        Some(head) => req = Request::from_parts(head, RequestBody::Empty),
+                        None => break,
+                    }
                 }
                 Err(_) => {
                     return error(
@@ -118,41 +112,26 @@ impl Forwarder {
                 }
             }
         }
-        let why = last_error.unwrap_or_default();
         error(
             StatusCode::BAD_GATEWAY,
-            format!("baton: upstream error: {why}\n"),
+            format!("baton: upstream error: {last_error}\n"),
         )
     }
 }
 
-/// The request head, kept for the one case where a retry is safe: an
-/// idempotent method with no body. Such a request failing on a pooled
-/// connection that the app closed at that instant is sent again.
-fn retry_copy(parts: &request::Parts, body: &RequestBody) -> Option<request::Parts> {
-    let empty = http_body::Body::is_end_stream(body);
-    (empty && is_idempotent(&parts.method)).then(|| parts.clone_head())
+/// The client side of a connection, as forwarding headers need it.
+#[derive(Debug)]
+pub(crate) struct Peer {
+    /// `X-Forwarded-For` when the client sent none: its IP, formatted once
+    /// per connection rather than per request.
+    forwarded_for: HeaderValue,
 }
 
-fn is_idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    )
-}
-
-trait CloneHead {
-    fn clone_head(&self) -> request::Parts;
-}
-
-impl CloneHead for request::Parts {
-    fn clone_head(&self) -> request::Parts {
-        let mut head = Request::new(());
-        *head.method_mut() = self.method.clone();
-        *head.uri_mut() = self.uri.clone();
-        *head.version_mut() = self.version;
-        *head.headers_mut() = self.headers.clone();
-        head.into_parts().0
+impl Peer {
+    pub(crate) fn new(addr: SocketAddr) -> Self {
+        let forwarded_for = HeaderValue::from_str(&addr.ip().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Self { forwarded_for }
     }
 }
 
@@ -254,7 +233,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// client asked for, used for routing.
 fn prepare_headers(
     parts: &mut request::Parts,
-    peer: SocketAddr,
+    peer: &Peer,
     upgrade: Option<&HeaderValue>,
     ids: &RequestIds,
 ) -> Option<HeaderValue> {
@@ -272,12 +251,14 @@ fn prepare_headers(
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol.clone());
     }
-    let client_ip = peer.ip().to_string();
     let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {client_ip}"),
-        None => client_ip,
+        Some(prior) => {
+            let client = peer.forwarded_for.to_str().unwrap_or_default();
+            HeaderValue::from_str(&format!("{prior}, {client}")).ok()
+        }
+        None => Some(peer.forwarded_for.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
+    if let Some(v) = forwarded_for {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
@@ -314,6 +295,7 @@ fn address(req: Request<RequestBody>, hold: &InFlight) -> Request<RequestBody> {
 fn respond(
     resp: Response<Incoming>,
     hold: InFlight,
+    lease: Lease,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     websocket_capable: bool,
 ) -> Response<ResponseBody> {
@@ -342,7 +324,7 @@ fn respond(
         return Response::from_parts(parts, ResponseBody::empty());
     }
     strip_hop_by_hop(&mut parts.headers);
-    Response::from_parts(parts, ResponseBody::upstream(body, hold))
+    Response::from_parts(parts, ResponseBody::upstream(body, hold, lease))
 }
 
 pub(crate) fn error(status: StatusCode, text: impl Into<bytes::Bytes>) -> Response<ResponseBody> {
@@ -415,16 +397,16 @@ mod tests {
     #[test]
     fn adds_forwarding_headers_and_keeps_a_request_id() {
         let ids = RequestIds::new();
-        let peer: SocketAddr = "10.1.2.3:5555".parse().unwrap();
+        let peer = Peer::new("10.1.2.3:5555".parse().unwrap());
         let mut p = parts(&[("host", "app.example"), ("x-forwarded-for", "1.1.1.1")]);
-        let host = prepare_headers(&mut p, peer, None, &ids);
+        let host = prepare_headers(&mut p, &peer, None, &ids);
         assert_eq!(host.unwrap(), "app.example");
         assert_eq!(p.headers["x-forwarded-for"], "1.1.1.1, 10.1.2.3");
         assert_eq!(p.headers["x-forwarded-proto"], "http");
         assert_eq!(p.headers["x-forwarded-host"], "app.example");
         assert!(p.headers.contains_key("x-request-id"));
         let mut p = parts(&[("x-request-id", "abc")]);
-        prepare_headers(&mut p, peer, None, &ids);
+        prepare_headers(&mut p, &peer, None, &ids);
         assert_eq!(p.headers["x-request-id"], "abc");
     }
 
@@ -432,7 +414,12 @@ mod tests {
     fn http2_authority_becomes_host() {
         let ids = RequestIds::new();
         let mut p = parts(&[]);
-        let host = prepare_headers(&mut p, "127.0.0.1:1".parse().unwrap(), None, &ids);
+        let host = prepare_headers(
+            &mut p,
+            &Peer::new("127.0.0.1:1".parse().unwrap()),
+            None,
+            &ids,
+        );
         assert_eq!(host.unwrap(), "example.com");
         assert_eq!(p.version, Version::HTTP_11);
     }
@@ -448,20 +435,11 @@ mod tests {
         let (mut p, _) = req.into_parts();
         prepare_headers(
             &mut p,
-            "127.0.0.1:1".parse().unwrap(),
+            &Peer::new("127.0.0.1:1".parse().unwrap()),
             Some(&proto),
             &RequestIds::new(),
         );
         assert_eq!(p.headers["connection"], "upgrade");
         assert_eq!(p.headers["upgrade"], "websocket");
-    }
-
-    #[test]
-    fn only_bodiless_idempotent_requests_are_kept_for_retry() {
-        let p = parts(&[]);
-        assert!(retry_copy(&p, &RequestBody::Empty).is_some());
-        let mut post = parts(&[]);
-        post.method = Method::POST;
-        assert!(retry_copy(&post, &RequestBody::Empty).is_none());
     }
 }

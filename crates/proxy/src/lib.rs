@@ -16,6 +16,7 @@ pub mod router;
 mod server;
 pub mod target;
 mod tunnel;
+mod upstream;
 mod worker;
 mod ws_frames;
 
@@ -50,16 +51,19 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// A proxy with `workers` data-plane threads (at least one).
+    /// A proxy with `workers` data-plane threads (at least one). Call it
+    /// within the control plane's tokio runtime, which serves previews.
     pub fn new(timeouts: Timeouts, workers: usize) -> io::Result<Self> {
         let stop = CancellationToken::new();
         let workers = (0..workers.max(1))
             .map(|i| Worker::spawn(i, timeouts, stop.clone()))
             .collect::<io::Result<Vec<_>>>()?;
+        let preview_forwarder = Arc::new(Forwarder::new(timeouts));
+        tokio::spawn(preview_forwarder.upstream.clone().sweep());
         Ok(Self {
             router: Arc::new(Router::default()),
             workers,
-            preview_forwarder: Arc::new(Forwarder::new(timeouts)),
+            preview_forwarder,
             prober: Prober::default(),
             timeouts,
             stop,

@@ -12,7 +12,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::forward::{Forwarder, Routing};
+use crate::forward::{Forwarder, Peer, Routing};
 
 /// Everything a listener needs to serve connections.
 #[derive(Clone)]
@@ -63,12 +63,16 @@ impl Listener {
         stream: tokio::net::TcpStream,
         peer: SocketAddr,
     ) {
-        let this = Arc::new(self);
+        let this = Arc::new((self, Peer::new(peer)));
         let service = service_fn(move |req| {
             let this = this.clone();
             async move {
+                let (listener, peer) = &*this;
                 Ok::<_, std::convert::Infallible>(
-                    this.forwarder.handle(&this.routing, peer, req).await,
+                    listener
+                        .forwarder
+                        .handle(&listener.routing, peer, req)
+                        .await,
                 )
             }
         });

@@ -46,12 +46,14 @@ impl Worker {
                 let _ = tx.send(Ok(runtime.handle().clone()));
                 runtime.block_on(stop.cancelled());
             })?;
-        let handle = rx
+        let handle: Handle = rx
             .recv()
             .map_err(|_| io::Error::other("proxy worker died while starting"))??;
+        let forwarder = Arc::new(Forwarder::new(timeouts));
+        handle.spawn(forwarder.upstream.clone().sweep());
         Ok(Self {
             handle,
-            forwarder: Arc::new(Forwarder::new(timeouts)),
+            forwarder,
             thread: Some(thread),
         })
     }
