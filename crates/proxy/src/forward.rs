@@ -14,7 +14,7 @@ use http::{request, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
 use crate::body::{RequestBody, ResponseBody};
-use crate::router::Router;
+use crate::router::{pick_from, NoRoute, Router};
 use crate::target::{InFlight, Pool};
 use crate::tunnel;
 use crate::upstream::{Lease, SendError, Upstream};
@@ -135,48 +135,21 @@ impl Peer {
     }
 }
 
-/// Finds the live pool for the request and takes a target from it.
+/// Takes a target for the request, or says why there is none.
 // The error is the response to send, built on the cold path only.
 #[allow(clippy::result_large_err)]
 fn pick(routing: &Routing, host: Option<&HeaderValue>) -> Result<InFlight, Response<ResponseBody>> {
-    // A pool retired between our load and our pick is replaced by then: load again.
-    for _ in 0..8 {
-        let picked = match routing {
-            Routing::Fixed(pool) => pool.pick(),
-            Routing::Hosts(router) => {
-                let table = router.table();
-                let host = host.and_then(|h| h.to_str().ok());
-                let Some(service) = table.route(host) else {
-                    return Err(error(
-                        StatusCode::NOT_FOUND,
-                        "baton: no service for this host\n",
-                    ));
-                };
-                let live = service.live_ref();
-                let Some(pool) = live.as_ref() else {
-                    return Err(error(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "baton: the service has no live release\n",
-                    ));
-                };
-                pool.pick()
-            }
+    let picked = match routing {
+        Routing::Fixed(pool) => pick_from(pool),
+        Routing::Hosts(router) => router.pick(host.and_then(|h| h.to_str().ok())),
+    };
+    picked.map_err(|no| {
+        let status = match no {
+            NoRoute::UnknownHost => StatusCode::NOT_FOUND,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
         };
-        match picked {
-            Ok(Some(hold)) => return Ok(hold),
-            Ok(None) => {
-                return Err(error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "baton: no healthy target\n",
-                ))
-            }
-            Err(_retired) => continue,
-        }
-    }
-    Err(error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "baton: route changing, try again\n",
-    ))
+        error(status, format!("baton: {no}\n"))
+    })
 }
 
 /// The `Upgrade` protocol of an HTTP/1.1 upgrade request.

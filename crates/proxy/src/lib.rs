@@ -32,7 +32,7 @@ pub use drain::{drain, DrainReport};
 pub use forward::Timeouts;
 pub use health_check::{HealthCheck, Prober};
 pub use preview::Preview;
-pub use router::{HostTable, Router, Service};
+pub use router::{HostTable, NoRoute, Router, Service};
 pub use target::{Pool, Target};
 
 use forward::{Forwarder, Routing};

@@ -7,12 +7,37 @@
 //! service's traffic untouched, however many there are.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use baton_config::HostPattern;
+use rustc_hash::FxBuildHasher;
 
-use crate::target::Pool;
+use crate::target::{InFlight, Pool};
+
+/// Why a request found no target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NoRoute {
+    #[error("no service for this host")]
+    UnknownHost,
+    #[error("the service has no live release")]
+    NotLive,
+    #[error("no healthy target")]
+    NoHealthyTarget,
+    #[error("route changing, try again")]
+    Changing,
+}
+
+/// Picks from a pool, loading again if it is retired under us (the switch
+/// happened between the load and the pick; the next load sees the new pool).
+pub(crate) fn pick_from(pool: &Arc<Pool>) -> Result<InFlight, NoRoute> {
+    match pool.pick() {
+        Ok(Some(hold)) => Ok(hold),
+        Ok(None) => Err(NoRoute::NoHealthyTarget),
+        Err(_retired) => Err(NoRoute::Changing),
+    }
+}
 
 /// One service's routing state.
 #[derive(Debug)]
@@ -34,10 +59,6 @@ impl Service {
         self.live.load_full()
     }
 
-    pub(crate) fn live_ref(&self) -> arc_swap::Guard<Option<Arc<Pool>>> {
-        self.live.load()
-    }
-
     /// The switch: from this instant new requests go to `pool`. Returns the
     /// pool that was live, already retired, for the caller to drain.
     pub fn switch(&self, pool: Arc<Pool>) -> Option<Arc<Pool>> {
@@ -52,7 +73,7 @@ impl Service {
 /// Host header to service, built once per configuration.
 #[derive(Debug, Default)]
 pub struct HostTable {
-    exact: HashMap<String, Arc<Service>>,
+    exact: HashMap<String, Arc<Service>, FxBuildHasher>,
     /// `(".example.com", service)`, longest suffix first.
     suffixes: Vec<(String, Arc<Service>)>,
     default: Option<Arc<Service>>,
@@ -121,8 +142,27 @@ impl Router {
         self.table.store(Arc::new(table));
     }
 
-    pub(crate) fn table(&self) -> arc_swap::Guard<Arc<HostTable>> {
-        self.table.load()
+    /// The request path's lookup: host to service to live pool to target,
+    /// counted in flight. Lock-free: two `arc-swap` loads and atomic counters.
+    pub(crate) fn pick(&self, host: Option<&str>) -> Result<InFlight, NoRoute> {
+        // A pool retired between our load and our pick is replaced by then.
+        for _ in 0..8 {
+            let table = self.table.load();
+            let service = table.route(host).ok_or(NoRoute::UnknownHost)?;
+            let live = service.live.load();
+            let pool = live.as_ref().ok_or(NoRoute::NotLive)?;
+            match pick_from(pool) {
+                Err(NoRoute::Changing) => continue,
+                picked => return picked,
+            }
+        }
+        Err(NoRoute::Changing)
+    }
+
+    /// The target a request for `host` would go to now: the request path's
+    /// lookup without the request, for benchmarks and diagnostics.
+    pub fn probe(&self, host: Option<&str>) -> Result<SocketAddr, NoRoute> {
+        self.pick(host).map(|hold| hold.target().addr())
     }
 }
 
@@ -163,6 +203,26 @@ mod tests {
         assert_eq!(name(&t, Some("example.org")), "default");
         assert_eq!(name(&t, Some("[::1]:8080")), "default");
         assert_eq!(name(&t, None), "default");
+    }
+
+    #[test]
+    fn pick_says_why_there_is_no_target() {
+        use baton_core::Color;
+        let web = Arc::new(Service::new("web"));
+        let router = Router::default();
+        router.set(HostTable::new([(
+            &[HostPattern::Exact("web".into())][..],
+            web.clone(),
+        )]));
+        assert_eq!(router.probe(Some("other")), Err(NoRoute::UnknownHost));
+        assert_eq!(router.probe(Some("web")), Err(NoRoute::NotLive));
+        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        let target = Arc::new(crate::Target::new(addr));
+        web.switch(Arc::new(Pool::new(Color::Blue, "v1", vec![target.clone()])));
+        assert_eq!(router.probe(Some("web")), Err(NoRoute::NoHealthyTarget));
+        target.set_healthy(true);
+        assert_eq!(router.probe(Some("web:8080")), Ok(addr));
+        assert_eq!(target.in_flight(), 0, "a probe releases what it counted");
     }
 
     #[test]
