@@ -25,8 +25,10 @@ use tokio::net::TcpStream;
 
 use crate::body::RequestBody;
 
-/// Idle connections kept per target and worker.
-const MAX_IDLE: usize = 512;
+/// Idle connections kept per target and worker: enough for every client
+/// connection of a busy worker to find one, so that load never turns into
+/// connection churn (and TIME_WAIT sockets) toward the app.
+const MAX_IDLE: usize = 8192;
 /// A pooled connection idle longer than this may be closed by the app as we
 /// use it; a request sent on it keeps a copy of its head for one retry.
 const RISKY_IDLE: Duration = Duration::from_millis(500);
