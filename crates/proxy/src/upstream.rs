@@ -32,8 +32,11 @@ const MAX_IDLE: usize = 8192;
 /// A pooled connection idle longer than this may be closed by the app as we
 /// use it; a request sent on it keeps a copy of its head for one retry.
 const RISKY_IDLE: Duration = Duration::from_millis(500);
-/// Closed connections are swept from the pool this often.
+/// Closed connections are swept from the pool this often, and connections
+/// unused for that long are closed down to `KEEP_IDLE`: a burst may open many,
+/// a quiet service keeps few.
 const SWEEP: Duration = Duration::from_secs(10);
+const KEEP_IDLE: usize = 64;
 
 type Sender = SendRequest<RequestBody>;
 
@@ -98,6 +101,12 @@ impl Upstream {
             let mut idle = self.lock();
             idle.retain(|_, conns| {
                 conns.retain(|c| !c.sender.is_closed());
+                // Oldest first: `put` pushes, `take` pops.
+                let stale = conns
+                    .iter()
+                    .take_while(|c| c.since.elapsed() >= SWEEP)
+                    .count();
+                conns.drain(..stale.min(conns.len().saturating_sub(KEEP_IDLE)));
                 !conns.is_empty()
             });
         }
