@@ -68,9 +68,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let (key, value) = extra
             .split_once('=')
             .with_context(|| format!("--extra {extra:?}: expected KEY=VALUE"))?;
-        let value = value
-            .parse::<f64>()
-            .map_or_else(|_| json!(value), |n| json!(n));
+        let value = if let Ok(n) = value.parse::<i64>() {
+            json!(n)
+        } else if let Ok(n) = value.parse::<f64>() {
+            json!(n)
+        } else {
+            json!(value)
+        };
         fields.insert(key.to_owned(), value);
     }
     let mut line = Map::new();

@@ -169,7 +169,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(path) = &args.json {
         let facts: Map<String, Value> = facts.into_iter().map(|(k, v)| (k, json!(v))).collect();
-        let doc = json!({ "facts": facts, "results": results, "ratios": ratios, "notes": notes });
+        // "cells": what the tables show (the median run of each cell);
+        // "results": every run.
+        let cells: Vec<&Map<String, Value>> = by_key.values().copied().collect();
+        let doc = json!({
+            "facts": facts, "cells": cells, "ratios": ratios, "notes": notes, "results": results,
+        });
         std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
     }
