@@ -123,7 +123,7 @@ async fn a_websocket_outlives_the_switch_and_is_closed_with_a_close_frame() {
     let mut b = Baton::new(&service("drain_timeout = \"3s\"\n"));
     b.start();
     cli(&b, &["deploy", "web", "v1"]).await;
-    let blue_pids = app_pids(&b, "v1");
+    let blue_pids = b.app_pids("v1");
     assert_eq!(blue_pids.len(), 2, "two v1 instances");
 
     let url = format!("ws://127.0.0.1:{}/ws", b.port);
@@ -169,24 +169,6 @@ async fn a_websocket_outlives_the_switch_and_is_closed_with_a_close_frame() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// Pids of this installation's sample-app processes running `version`.
-fn app_pids(b: &Baton, version: &str) -> Vec<u32> {
-    let logs = b.path(".baton/logs");
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let cmdline =
-                read(&std::path::PathBuf::from(format!("/proc/{pid}/cmdline"))).replace('\0', " ");
-            let cwd_log = std::fs::read_link(format!("/proc/{pid}/fd/1")).unwrap_or_default();
-            cmdline.contains("sample-app")
-                && cmdline.contains(&format!("--version {version} "))
-                && cwd_log.starts_with(&logs)
-        })
-        .collect()
 }
 
 async fn wait_in_flight(b: &Baton, n: u64) {

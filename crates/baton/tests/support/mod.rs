@@ -71,23 +71,8 @@ impl Baton {
 
     /// Starts `baton serve` and waits until its control API answers.
     pub fn start(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.path("serve.log"))
-            .unwrap();
-        let child = Command::new(BATON)
-            .args(["serve", "-c"])
-            .arg(&self.config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.serve = Some(child);
-        wait_until("baton serve to answer", Duration::from_secs(20), || {
-            self.cli(&["status", "--json"]).status.success()
-        });
+        self.start_no_wait();
+        self.wait_control();
     }
 
     /// Runs a CLI command against this installation.
