@@ -273,3 +273,51 @@ fn unclaimed_host_is_a_404_without_a_default_service() {
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("no service for this host"), "{body}");
 }
+
+#[test]
+fn a_target_slower_than_the_response_timeout_is_a_504() {
+    let mut b = Baton::new(&format!(
+        "[services.web]\ncommand = {}\n[services.web.health]\ninterval = \"100ms\"\n",
+        sample_app(&[])
+    ));
+    let config = read(&b.config).replace("[proxy]\n", "[proxy]\nresponse_timeout = \"1s\"\n");
+    std::fs::write(&b.config, config).unwrap();
+    b.start();
+    b.ok(&["deploy", "web", "v1"]);
+    let started = Instant::now();
+    let (status, body) = get(&b.url("/slow?ms=4000"));
+    assert_eq!(status, 504, "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "answered after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        get(&b.url("/")).0,
+        200,
+        "the target still serves normal requests"
+    );
+}
+
+#[test]
+fn a_target_that_died_is_a_502_or_503_never_a_hang() {
+    let b = one_service();
+    b.ok(&["deploy", "web", "v1"]);
+    for pid in b.app_pids("v1") {
+        // SAFETY: kill(2) on a pid this test's own baton started.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    }
+    wait_until("the app to be gone", Duration::from_secs(10), || {
+        b.app_pids("v1").is_empty()
+    });
+    let started = Instant::now();
+    let (status, _) = get(&b.url("/"));
+    assert!(status == 502 || status == 503, "got {status}");
+    assert!(started.elapsed() < ANSWER);
+    wait_until(
+        "the proxy's health check to take the target out",
+        Duration::from_secs(10),
+        || b.status("web")["active"]["targets"][0]["healthy"] == false,
+    );
+    assert_eq!(get(&b.url("/")).0, 503);
+}
