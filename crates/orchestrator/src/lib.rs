@@ -129,7 +129,13 @@ impl Orchestrator {
         let svc = self.service(service)?;
         let claim = svc.claim(DeployKind::Deploy, &req.version)?;
         let mut slots = svc.slots.lock().await;
-        pipeline::deploy(&self.shared, svc, &mut slots, claim, req, progress).await
+        let job = pipeline::Job {
+            shared: &self.shared,
+            svc,
+            claim,
+            progress,
+        };
+        pipeline::deploy(job, &mut slots, req).await
     }
 
     /// Back to the previous release (or `to`): an instant switch while the
@@ -144,16 +150,13 @@ impl Orchestrator {
         let svc = self.service(service)?;
         let claim = svc.claim(DeployKind::Rollback, to.unwrap_or("previous"))?;
         let mut slots = svc.slots.lock().await;
-        pipeline::rollback(
-            &self.shared,
+        let job = pipeline::Job {
+            shared: &self.shared,
             svc,
-            &mut slots,
             claim,
-            to,
-            requested_by,
             progress,
-        )
-        .await
+        };
+        pipeline::rollback(job, &mut slots, to, requested_by).await
     }
 
     /// Finds what ran before a restart and serves it again.

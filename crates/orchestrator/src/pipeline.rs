@@ -24,25 +24,28 @@ use crate::{DeployError, Progress, ProgressTx, Request, Shared};
 /// How often exits of candidate instances are looked for while waiting.
 const EXIT_POLL: Duration = Duration::from_millis(100);
 
+/// What one deploy or rollback works with, from request to outcome.
+pub(crate) struct Job<'a> {
+    pub(crate) shared: &'a Arc<Shared>,
+    pub(crate) svc: &'a Arc<ServiceState>,
+    pub(crate) claim: Claim<'a>,
+    pub(crate) progress: ProgressTx,
+}
+
 /// Deploys a new version into the idle color.
 pub(crate) async fn deploy(
-    shared: &Arc<Shared>,
-    svc: &Arc<ServiceState>,
+    job: Job<'_>,
     slots: &mut Slots,
-    claim: Claim<'_>,
     req: &Request,
-    progress: ProgressTx,
 ) -> Result<DeployRecord, DeployError> {
+    let smoke = job.svc.cfg.switch.smoke.is_some();
     let color = slots
         .active
         .as_ref()
         .map(|a| a.color.other())
         .unwrap_or(Color::Blue);
     let run = Run::begin(
-        shared,
-        svc,
-        claim,
-        progress,
+        job,
         DeployKind::Deploy,
         &req.version,
         color,
@@ -62,7 +65,6 @@ pub(crate) async fn deploy(
         previous.hurry.cancel();
         let _ = previous.task.await;
     }
-    let smoke = svc.cfg.switch.smoke.is_some();
     run.execute(
         Deploy::begin(DeployKind::Deploy, &req.version, color, smoke),
         slots,
@@ -73,14 +75,12 @@ pub(crate) async fn deploy(
 /// Switches back to the previous release if it still runs and is healthy;
 /// deploys it again otherwise.
 pub(crate) async fn rollback(
-    shared: &Arc<Shared>,
-    svc: &Arc<ServiceState>,
+    job: Job<'_>,
     slots: &mut Slots,
-    claim: Claim<'_>,
     to: Option<&str>,
     requested_by: &str,
-    progress: ProgressTx,
 ) -> Result<DeployRecord, DeployError> {
+    let (shared, svc) = (job.shared, job.svc);
     let name = &svc.cfg.name;
     let target = match to {
         Some(v) => v.to_string(),
@@ -98,43 +98,31 @@ pub(crate) async fn rollback(
         if let Ok(Some(old)) = previous.task.await {
             svc.view().previous = None;
             if old.pool.all_healthy() {
-                return instant_rollback(shared, svc, slots, claim, old, requested_by, progress)
-                    .await;
+                return instant_rollback(job, slots, old, requested_by).await;
             }
             retire::stop(shared, svc, &old).await;
             shared.store.remove_release(name, old.color)?;
         }
         svc.view().previous = None;
     }
-    claim.update(|d| d.version = target.clone());
+    job.claim.update(|d| d.version = target.clone());
     let req = Request {
         version: target,
         requested_by: requested_by.to_string(),
     };
-    deploy(shared, svc, slots, claim, &req, progress).await
+    deploy(job, slots, &req).await
 }
 
 /// The previous release still runs and is healthy: the rollback is a switch.
 async fn instant_rollback(
-    shared: &Arc<Shared>,
-    svc: &Arc<ServiceState>,
+    job: Job<'_>,
     slots: &mut Slots,
-    claim: Claim<'_>,
     old: Live,
     requested_by: &str,
-    progress: ProgressTx,
 ) -> Result<DeployRecord, DeployError> {
+    let (shared, svc) = (job.shared, job.svc);
     let (color, version) = (old.color, old.version.clone());
-    let mut run = Run::begin(
-        shared,
-        svc,
-        claim,
-        progress,
-        DeployKind::Rollback,
-        &version,
-        color,
-        requested_by,
-    )?;
+    let mut run = Run::begin(job, DeployKind::Rollback, &version, color, requested_by)?;
     run.say(format!(
         "rolling back to {version} ({color}), still running"
     ));
@@ -190,17 +178,19 @@ struct Run<'a> {
 }
 
 impl<'a> Run<'a> {
-    #[allow(clippy::too_many_arguments)]
     fn begin(
-        shared: &'a Arc<Shared>,
-        svc: &'a Arc<ServiceState>,
-        claim: Claim<'a>,
-        progress: ProgressTx,
+        job: Job<'a>,
         kind: DeployKind,
         version: &str,
         color: Color,
         requested_by: &str,
     ) -> Result<Self, DeployError> {
+        let Job {
+            shared,
+            svc,
+            claim,
+            progress,
+        } = job;
         let id = shared
             .store
             .begin_deploy(&svc.cfg.name, kind, version, color, requested_by)?;
