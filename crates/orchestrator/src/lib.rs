@@ -126,15 +126,9 @@ impl Orchestrator {
         req: &Request,
         progress: ProgressTx,
     ) -> Result<DeployRecord, DeployError> {
-        let svc = self.service(service)?;
-        let claim = svc.claim(DeployKind::Deploy, &req.version)?;
+        let job = self.claim(service, DeployKind::Deploy, &req.version, progress)?;
+        let svc = job.svc;
         let mut slots = svc.slots.lock().await;
-        let job = pipeline::Job {
-            shared: &self.shared,
-            svc,
-            claim,
-            progress,
-        };
         pipeline::deploy(job, &mut slots, req).await
     }
 
@@ -147,16 +141,28 @@ impl Orchestrator {
         requested_by: &str,
         progress: ProgressTx,
     ) -> Result<DeployRecord, DeployError> {
-        let svc = self.service(service)?;
-        let claim = svc.claim(DeployKind::Rollback, to.unwrap_or("previous"))?;
+        let version = to.unwrap_or("previous");
+        let job = self.claim(service, DeployKind::Rollback, version, progress)?;
+        let svc = job.svc;
         let mut slots = svc.slots.lock().await;
-        let job = pipeline::Job {
+        pipeline::rollback(job, &mut slots, to, requested_by).await
+    }
+
+    /// Claims `service` for one deploy, refused at once if another runs.
+    fn claim<'a>(
+        &'a self,
+        service: &str,
+        kind: DeployKind,
+        version: &str,
+        progress: ProgressTx,
+    ) -> Result<pipeline::Job<'a>, DeployError> {
+        let svc = self.service(service)?;
+        Ok(pipeline::Job {
             shared: &self.shared,
             svc,
-            claim,
+            claim: svc.claim(kind, version)?,
             progress,
-        };
-        pipeline::rollback(job, &mut slots, to, requested_by).await
+        })
     }
 
     /// Finds what ran before a restart and serves it again.
