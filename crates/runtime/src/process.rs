@@ -5,7 +5,7 @@
 //! running and the next `baton serve` adopts them (pid plus start time, from
 //! the store) instead of restarting them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom};
 use std::net::{SocketAddr, TcpListener};
@@ -25,6 +25,9 @@ use crate::{Instance, InstanceSpec, Runtime, RuntimeError};
 pub struct ProcessRuntime {
     /// The children this baton started, by pid, with their exit status once reaped.
     children: Arc<Mutex<HashMap<u32, Option<ExitStatus>>>>,
+    /// Ports handed out recently: an app may not have bound its port yet, and
+    /// the kernel can offer the same free port twice in a row.
+    handed_out: Mutex<VecDeque<(Instant, u16)>>,
 }
 
 impl ProcessRuntime {
@@ -36,7 +39,7 @@ impl ProcessRuntime {
 #[async_trait]
 impl Runtime for ProcessRuntime {
     async fn start(&self, spec: &InstanceSpec) -> Result<Instance, RuntimeError> {
-        let port = free_port()?;
+        let port = self.free_port()?;
         let vars = Vars {
             port: Some(port),
             version: &spec.version,
@@ -127,16 +130,37 @@ impl Runtime for ProcessRuntime {
     }
 }
 
-/// A port nobody listens on right now, for the instance to bind.
-fn free_port() -> Result<u16, RuntimeError> {
-    TcpListener::bind(("127.0.0.1", 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|source| RuntimeError::Io {
-            what: "choosing a port".into(),
-            source,
-        })
+impl ProcessRuntime {
+    /// A port nobody listens on right now and that no instance started in
+    /// the last `PORT_QUARANTINE` was given, for the instance to bind.
+    fn free_port(&self) -> Result<u16, RuntimeError> {
+        let mut handed_out = self.handed_out.lock().unwrap_or_else(|e| e.into_inner());
+        while handed_out
+            .front()
+            .is_some_and(|(at, _)| at.elapsed() > PORT_QUARANTINE)
+        {
+            handed_out.pop_front();
+        }
+        // Listeners stay open until a port is chosen, so each try gets a new one.
+        let mut tried = Vec::new();
+        loop {
+            let listener =
+                TcpListener::bind(("127.0.0.1", 0)).map_err(|source| RuntimeError::Io {
+                    what: "choosing a port".into(),
+                    source,
+                })?;
+            let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
+            if port != 0 && !handed_out.iter().any(|(_, p)| *p == port) {
+                handed_out.push_back((Instant::now(), port));
+                return Ok(port);
+            }
+            tried.push(listener);
+        }
+    }
 }
+
+/// How long a handed-out port is not handed out again.
+const PORT_QUARANTINE: Duration = Duration::from_secs(60);
 
 fn open_log(path: &Path) -> Result<std::fs::File, RuntimeError> {
     if let Some(dir) = path.parent() {

@@ -126,3 +126,11 @@ async fn bad_program_and_workdir_are_errors() {
     let e = rt.start(&s).await.unwrap_err().to_string();
     assert_eq!(e, "workdir /nonexistent/dir/v1 does not exist");
 }
+
+#[test]
+fn ports_are_never_handed_out_twice_in_a_row() {
+    let rt = ProcessRuntime::new();
+    let ports: Vec<u16> = (0..200).map(|_| rt.free_port().unwrap()).collect();
+    let unique: std::collections::HashSet<_> = ports.iter().collect();
+    assert_eq!(unique.len(), ports.len(), "a port was handed out twice");
+}
