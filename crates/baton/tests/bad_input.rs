@@ -9,10 +9,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 fn good() -> Baton {
-    Baton::new(&format!(
-        "[services.web]\ncommand = {}\n[services.web.health]\ninterval = \"100ms\"\n",
-        sample_app(&[])
-    ))
+    Baton::new(&web_service())
 }
 
 /// `baton ARGS -c CONFIG`.

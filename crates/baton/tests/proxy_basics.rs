@@ -21,10 +21,7 @@ use tokio_tungstenite::tungstenite::Message;
 const ANSWER: Duration = Duration::from_secs(5);
 
 fn one_service() -> Baton {
-    let mut b = Baton::new(&format!(
-        "[services.web]\ncommand = {}\n[services.web.health]\ninterval = \"100ms\"\n",
-        sample_app(&[])
-    ));
+    let mut b = Baton::new(&web_service());
     b.start();
     b
 }
@@ -276,10 +273,7 @@ fn unclaimed_host_is_a_404_without_a_default_service() {
 
 #[test]
 fn a_target_slower_than_the_response_timeout_is_a_504() {
-    let mut b = Baton::new(&format!(
-        "[services.web]\ncommand = {}\n[services.web.health]\ninterval = \"100ms\"\n",
-        sample_app(&[])
-    ));
+    let mut b = Baton::new(&web_service());
     let config = read(&b.config).replace("[proxy]\n", "[proxy]\nresponse_timeout = \"1s\"\n");
     std::fs::write(&b.config, config).unwrap();
     b.start();

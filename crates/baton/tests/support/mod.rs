@@ -49,6 +49,14 @@ pub fn sample_app(extra: &[&str]) -> String {
     )
 }
 
+/// The usual service under test: the sample app, one instance, quick health checks.
+pub fn web_service() -> String {
+    format!(
+        "[services.web]\ncommand = {}\n[services.web.health]\ninterval = \"100ms\"\n",
+        sample_app(&[])
+    )
+}
+
 impl Baton {
     /// A config with a proxy on a free port; `services` is appended as is.
     pub fn new(services: &str) -> Self {
