@@ -97,14 +97,6 @@ impl ResponseBody {
             lease: None,
         }
     }
-
-    pub(crate) fn empty() -> Self {
-        Self {
-            kind: Kind::Full(None),
-            hold: None,
-            lease: None,
-        }
-    }
 }
 
 impl Body for ResponseBody {

@@ -1,11 +1,10 @@
-//! The request path: pick a target, rewrite the request as RFC 9110 asks of a
-//! proxy, send it over a pooled connection, and stream the answer back.
+//! The HTTP/2 request path (HTTP/1.1 has its own, [`crate::http1`]): pick a
+//! target, rewrite the request as RFC 9110 asks of a proxy, send it as
+//! HTTP/1.1 over a pooled hyper connection, and stream the answer back.
 //!
 //! Nothing here takes a lock. The only shared writes are atomic counters
 //! (round robin, in-flight), and the route lookups are `arc-swap` loads.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,9 +13,10 @@ use http::{request, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Incoming;
 
 use crate::body::{RequestBody, ResponseBody};
+use crate::forwarded::{Peer, RequestIds};
+use crate::http1::Connections;
 use crate::router::{pick_from, NoRoute, Router};
 use crate::target::{InFlight, Pool};
-use crate::tunnel;
 use crate::upstream::{Lease, SendError, Upstream};
 
 /// How a listener finds the pool for a request.
@@ -26,6 +26,16 @@ pub(crate) enum Routing {
     Hosts(Arc<Router>),
     /// Always one pool (a candidate's preview route, for smoke tests).
     Fixed(Arc<Pool>),
+}
+
+impl Routing {
+    /// Takes a target for a request to `host`.
+    pub(crate) fn pick(&self, host: Option<&str>) -> Result<InFlight, NoRoute> {
+        match self {
+            Self::Fixed(pool) => pick_from(pool),
+            Self::Hosts(router) => router.pick(host),
+        }
+    }
 }
 
 /// Timeouts of the request path.
@@ -39,9 +49,12 @@ pub struct Timeouts {
 /// Sends requests to targets; one per worker.
 #[derive(Debug)]
 pub(crate) struct Forwarder {
+    /// Connections for HTTP/1.1 clients' requests.
+    pub(crate) connections: Arc<Connections>,
+    /// Connections for HTTP/2 clients' requests.
     pub(crate) upstream: Arc<Upstream>,
-    response_timeout: Duration,
-    request_ids: RequestIds,
+    pub(crate) timeouts: Timeouts,
+    pub(crate) request_ids: RequestIds,
 }
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -57,23 +70,28 @@ const ATTEMPTS: usize = 3;
 impl Forwarder {
     pub(crate) fn new(timeouts: Timeouts) -> Self {
         Self {
+            connections: Arc::new(Connections::new(timeouts.connect)),
             upstream: Upstream::new(timeouts.connect),
-            response_timeout: timeouts.response,
+            timeouts,
             request_ids: RequestIds::new(),
         }
     }
 
-    /// Serves one client request.
+    /// Keeps both connection pools tidy; runs on the runtime that uses them.
+    pub(crate) fn spawn_sweeps(&self) {
+        tokio::spawn(self.connections.clone().sweep());
+        tokio::spawn(self.upstream.clone().sweep());
+    }
+
+    /// Serves one HTTP/2 client request.
     pub(crate) async fn handle(
         &self,
         routing: &Routing,
         peer: &Peer,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
     ) -> Response<ResponseBody> {
-        let upgrade = upgrade_protocol(&req);
-        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-        let original_host = prepare_headers(&mut parts, peer, upgrade.as_ref(), &self.request_ids);
+        let original_host = prepare_headers(&mut parts, peer, &self.request_ids);
         let mut req = Request::from_parts(parts, RequestBody::Client(body));
 
         let mut last_error = String::new();
@@ -84,13 +102,11 @@ impl Forwarder {
             };
             let addr = hold.target().addr();
             let sent = tokio::time::timeout(
-                self.response_timeout,
+                self.timeouts.response,
                 self.upstream.send(addr, address(req, &hold)),
             );
             match sent.await {
-                Ok(Ok((resp, lease))) => {
-                    return respond(resp, hold, lease, client_upgrade, upgrade.is_some())
-                }
+                Ok(Ok((resp, lease))) => return respond(resp, hold, lease),
                 Ok(Err(SendError::NotSent(unsent, e))) => {
                     tracing::debug!(target = %addr, error = %e, "upstream unreachable");
                     last_error = e;
@@ -119,55 +135,16 @@ impl Forwarder {
     }
 }
 
-/// The client side of a connection, as forwarding headers need it.
-#[derive(Debug)]
-pub(crate) struct Peer {
-    /// `X-Forwarded-For` when the client sent none: its IP, formatted once
-    /// per connection rather than per request.
-    forwarded_for: HeaderValue,
-}
-
-impl Peer {
-    pub(crate) fn new(addr: SocketAddr) -> Self {
-        let forwarded_for = HeaderValue::from_str(&addr.ip().to_string())
-            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Self { forwarded_for }
-    }
-}
-
 /// Takes a target for the request, or says why there is none.
 // The error is the response to send, built on the cold path only.
 #[allow(clippy::result_large_err)]
 fn pick(routing: &Routing, host: Option<&HeaderValue>) -> Result<InFlight, Response<ResponseBody>> {
-    let picked = match routing {
-        Routing::Fixed(pool) => pick_from(pool),
-        Routing::Hosts(router) => router.pick(host.and_then(|h| h.to_str().ok())),
-    };
-    picked.map_err(|no| {
-        let status = match no {
-            NoRoute::UnknownHost => StatusCode::NOT_FOUND,
-            _ => StatusCode::SERVICE_UNAVAILABLE,
-        };
-        error(status, format!("baton: {no}\n"))
-    })
-}
-
-/// The `Upgrade` protocol of an HTTP/1.1 upgrade request.
-fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
-    if req.version() != Version::HTTP_11 || !has_token(req.headers(), "upgrade") {
-        return None;
-    }
-    req.headers().get(header::UPGRADE).cloned()
-}
-
-/// True when the Connection header lists `token`.
-fn has_token(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+    routing
+        .pick(host.and_then(|h| h.to_str().ok()))
+        .map_err(|no| {
+            let status = StatusCode::from_u16(no.status()).unwrap_or(StatusCode::BAD_GATEWAY);
+            error(status, format!("baton: {no}\n"))
+        })
 }
 
 /// Drops hop-by-hop headers (RFC 9110 §7.6.1), including those the
@@ -207,7 +184,6 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 fn prepare_headers(
     parts: &mut request::Parts,
     peer: &Peer,
-    upgrade: Option<&HeaderValue>,
     ids: &RequestIds,
 ) -> Option<HeaderValue> {
     let headers = &mut parts.headers;
@@ -220,16 +196,9 @@ fn prepare_headers(
             }
         }
     }
-    if let Some(protocol) = upgrade {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        headers.insert(header::UPGRADE, protocol.clone());
-    }
     let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) => {
-            let client = peer.forwarded_for.to_str().unwrap_or_default();
-            HeaderValue::from_str(&format!("{prior}, {client}")).ok()
-        }
-        None => Some(peer.forwarded_for.clone()),
+        Some(prior) => HeaderValue::from_str(&format!("{prior}, {}", peer.ip())).ok(),
+        None => HeaderValue::from_str(peer.ip()).ok(),
     };
     if let Some(v) = forwarded_for {
         headers.insert(X_FORWARDED_FOR.clone(), v);
@@ -240,7 +209,11 @@ fn prepare_headers(
         headers.insert(X_FORWARDED_HOST.clone(), h.clone());
     }
     if !headers.contains_key(&X_REQUEST_ID) {
-        headers.insert(X_REQUEST_ID.clone(), ids.next());
+        let mut id = Vec::with_capacity(24);
+        ids.write_next(&mut id);
+        if let Ok(v) = HeaderValue::from_bytes(&id) {
+            headers.insert(X_REQUEST_ID.clone(), v);
+        }
     }
     parts.version = Version::HTTP_11;
     host
@@ -264,37 +237,15 @@ fn address(req: Request<RequestBody>, hold: &InFlight) -> Request<RequestBody> {
     Request::from_parts(parts, body)
 }
 
-/// Turns the target's response into the client's; hands upgrades to a tunnel.
-fn respond(
-    resp: Response<Incoming>,
-    hold: InFlight,
-    lease: Lease,
-    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    websocket_capable: bool,
-) -> Response<ResponseBody> {
+/// Turns the target's response into the client's.
+fn respond(resp: Response<Incoming>, hold: InFlight, lease: Lease) -> Response<ResponseBody> {
     let (mut parts, body) = resp.into_parts();
     if parts.status == StatusCode::SWITCHING_PROTOCOLS {
-        let Some(client_upgrade) = client_upgrade else {
-            return error(
-                StatusCode::BAD_GATEWAY,
-                "baton: unexpected 101 from the target\n",
-            );
-        };
-        let websocket = websocket_capable
-            && parts
-                .headers
-                .get(header::UPGRADE)
-                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
-        let upstream_upgrade = hyper::upgrade::on(Response::from_parts(parts.clone(), ()));
-        let hold = hold.upgraded();
-        tokio::spawn(async move {
-            match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                Ok((client, upstream)) => tunnel::relay(client, upstream, hold, websocket).await,
-                Err(e) => tracing::debug!(error = %e, "upgrade failed"),
-            }
-        });
-        drop(body);
-        return Response::from_parts(parts, ResponseBody::empty());
+        // HTTP/2 has no upgrades; the target answered one it was not asked.
+        return error(
+            StatusCode::BAD_GATEWAY,
+            "baton: unexpected 101 from the target\n",
+        );
     }
     strip_hop_by_hop(&mut parts.headers);
     Response::from_parts(parts, ResponseBody::upstream(body, hold, lease))
@@ -308,32 +259,6 @@ pub(crate) fn error(status: StatusCode, text: impl Into<bytes::Bytes>) -> Respon
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     resp
-}
-
-/// Request ids unique across restarts: a per-process prefix and a counter.
-#[derive(Debug)]
-struct RequestIds {
-    prefix: u64,
-    next: AtomicU64,
-}
-
-impl RequestIds {
-    fn new() -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
-        Self {
-            prefix: nanos ^ (u64::from(std::process::id()) << 40),
-            next: AtomicU64::new(0),
-        }
-    }
-
-    fn next(&self) -> HeaderValue {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        HeaderValue::from_str(&format!("{:016x}{n:08x}", self.prefix))
-            .unwrap_or_else(|_| HeaderValue::from_static("0"))
-    }
 }
 
 #[cfg(test)]
@@ -372,14 +297,14 @@ mod tests {
         let ids = RequestIds::new();
         let peer = Peer::new("10.1.2.3:5555".parse().unwrap());
         let mut p = parts(&[("host", "app.example"), ("x-forwarded-for", "1.1.1.1")]);
-        let host = prepare_headers(&mut p, &peer, None, &ids);
+        let host = prepare_headers(&mut p, &peer, &ids);
         assert_eq!(host.unwrap(), "app.example");
         assert_eq!(p.headers["x-forwarded-for"], "1.1.1.1, 10.1.2.3");
         assert_eq!(p.headers["x-forwarded-proto"], "http");
         assert_eq!(p.headers["x-forwarded-host"], "app.example");
         assert!(p.headers.contains_key("x-request-id"));
         let mut p = parts(&[("x-request-id", "abc")]);
-        prepare_headers(&mut p, &peer, None, &ids);
+        prepare_headers(&mut p, &peer, &ids);
         assert_eq!(p.headers["x-request-id"], "abc");
     }
 
@@ -387,32 +312,8 @@ mod tests {
     fn http2_authority_becomes_host() {
         let ids = RequestIds::new();
         let mut p = parts(&[]);
-        let host = prepare_headers(
-            &mut p,
-            &Peer::new("127.0.0.1:1".parse().unwrap()),
-            None,
-            &ids,
-        );
+        let host = prepare_headers(&mut p, &Peer::new("127.0.0.1:1".parse().unwrap()), &ids);
         assert_eq!(host.unwrap(), "example.com");
         assert_eq!(p.version, Version::HTTP_11);
-    }
-
-    #[test]
-    fn upgrades_keep_their_headers() {
-        let req = Request::get("/ws")
-            .header("connection", "keep-alive, Upgrade")
-            .header("upgrade", "websocket")
-            .body(())
-            .unwrap();
-        let proto = upgrade_protocol(&req).unwrap();
-        let (mut p, _) = req.into_parts();
-        prepare_headers(
-            &mut p,
-            &Peer::new("127.0.0.1:1".parse().unwrap()),
-            Some(&proto),
-            &RequestIds::new(),
-        );
-        assert_eq!(p.headers["connection"], "upgrade");
-        assert_eq!(p.headers["upgrade"], "websocket");
     }
 }

@@ -5,12 +5,15 @@
 //! - [`target`]: targets and pools, with the in-flight counts drains rely on.
 //! - [`health_check`]: the proxy's own health checks, which gate the switch.
 //! - [`drain`]: waiting for an old release's requests and WebSockets.
-//! - `forward`, `server`, `tunnel`: the request path itself.
+//! - `server`: listeners; [`http1`] is the HTTP/1.1 request path, `forward`
+//!   the HTTP/2 one, `tunnel` relays upgraded connections.
 
 mod body;
 pub mod drain;
 mod forward;
+mod forwarded;
 pub mod health_check;
+mod http1;
 mod preview;
 pub mod router;
 mod server;
@@ -46,7 +49,6 @@ pub struct Proxy {
     /// Serves preview routes, on the control plane's runtime.
     preview_forwarder: Arc<Forwarder>,
     prober: Prober,
-    timeouts: Timeouts,
     stop: CancellationToken,
 }
 
@@ -59,13 +61,12 @@ impl Proxy {
             .map(|i| Worker::spawn(i, timeouts, stop.clone()))
             .collect::<io::Result<Vec<_>>>()?;
         let preview_forwarder = Arc::new(Forwarder::new(timeouts));
-        tokio::spawn(preview_forwarder.upstream.clone().sweep());
+        preview_forwarder.spawn_sweeps();
         Ok(Self {
             router: Arc::new(Router::default()),
             workers,
             preview_forwarder,
             prober: Prober::default(),
-            timeouts,
             stop,
         })
     }
@@ -81,7 +82,6 @@ impl Proxy {
             let serve = Listener {
                 forwarder: worker.forwarder.clone(),
                 routing: Routing::Hosts(self.router.clone()),
-                idle_timeout: self.timeouts.idle,
             };
             let stop = self.stop.clone();
             worker.handle.spawn(async move {

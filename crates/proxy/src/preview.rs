@@ -37,7 +37,6 @@ impl Proxy {
         let serve = Listener {
             forwarder: self.preview_forwarder.clone(),
             routing: Routing::Fixed(pool),
-            idle_timeout: self.timeouts.idle,
         };
         tokio::spawn(serve.run(listener, stop.clone()));
         Ok(Preview {

@@ -29,6 +29,16 @@ pub enum NoRoute {
     Changing,
 }
 
+impl NoRoute {
+    /// The HTTP status a client gets for it.
+    pub(crate) fn status(&self) -> u16 {
+        match self {
+            Self::UnknownHost => 404,
+            _ => 503,
+        }
+    }
+}
+
 /// Picks from a pool, loading again if it is retired under us (the switch
 /// happened between the load and the pick; the next load sees the new pool).
 pub(crate) fn pick_from(pool: &Arc<Pool>) -> Result<InFlight, NoRoute> {

@@ -1,43 +1,36 @@
-//! Listeners: accept client connections and serve HTTP/1.1 (with upgrades)
-//! and HTTP/2 (h2c, prior knowledge) on each, handing every request to the
-//! [`Forwarder`].
+//! Listeners: accept client connections and serve them. HTTP/1.1 (with
+//! upgrades) goes through baton's own [`crate::http1`] path; a client that
+//! opens with the HTTP/2 preface (h2c, prior knowledge) is served by hyper's
+//! HTTP/2 server, each stream handed to the [`Forwarder`].
 
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Buf, BytesMut};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::forward::{Forwarder, Peer, Routing};
+use crate::forward::{Forwarder, Routing};
+use crate::forwarded::Peer;
+use crate::http1;
 
 /// Everything a listener needs to serve connections.
 #[derive(Clone)]
 pub(crate) struct Listener {
     pub(crate) forwarder: Arc<Forwarder>,
     pub(crate) routing: Routing,
-    pub(crate) idle_timeout: Duration,
 }
 
 impl Listener {
     /// Accepts until `stop` fires; connections already open are left to finish.
     pub(crate) async fn run(self, listener: TcpListener, stop: CancellationToken) {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .keep_alive(true)
-            // Starts when the connection waits for a request head, so it is
-            // also the idle keep-alive timeout.
-            .header_read_timeout(self.idle_timeout);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Some(self.idle_timeout / 2));
-        let builder = Arc::new(builder);
         loop {
             let accepted = tokio::select! {
                 a = listener.accept() => a,
@@ -46,7 +39,7 @@ impl Listener {
             match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    tokio::spawn(self.clone().serve(builder.clone(), stream, peer));
+                    tokio::spawn(self.clone().serve(stream, peer));
                 }
                 Err(e) => {
                     // Out of file descriptors, typically: back off instead of spinning.
@@ -57,13 +50,18 @@ impl Listener {
         }
     }
 
-    async fn serve(
-        self,
-        builder: Arc<auto::Builder<TokioExecutor>>,
-        stream: tokio::net::TcpStream,
-        peer: SocketAddr,
-    ) {
-        let this = Arc::new((self, Peer::new(peer)));
+    async fn serve(self, stream: TcpStream, peer: SocketAddr) {
+        let peer = Peer::new(peer);
+        if let http1::Ended::Http2(stream, read) =
+            http1::serve(&self.forwarder, &self.routing, &peer, stream).await
+        {
+            self.serve_http2(Prefixed { read, stream }, peer).await;
+        }
+    }
+
+    async fn serve_http2(self, stream: Prefixed, peer: Peer) {
+        let idle = self.forwarder.timeouts.idle;
+        let this = Arc::new((self, peer));
         let service = service_fn(move |req| {
             let this = this.clone();
             async move {
@@ -76,11 +74,66 @@ impl Listener {
                 )
             }
         });
-        if let Err(e) = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .await
-        {
-            tracing::debug!(%peer, error = %e, "client connection ended with an error");
+        let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(idle / 2))
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
+        if let Err(e) = served {
+            tracing::debug!(error = %e, "HTTP/2 client connection ended with an error");
         }
+    }
+}
+
+/// A connection whose first bytes were already read: they are read again first.
+struct Prefixed {
+    read: BytesMut,
+    stream: TcpStream,
+}
+
+impl AsyncRead for Prefixed {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.read.is_empty() {
+            return Pin::new(&mut this.stream).poll_read(cx, buf);
+        }
+        let n = this.read.len().min(buf.remaining());
+        buf.put_slice(&this.read[..n]);
+        this.read.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Prefixed {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
     }
 }

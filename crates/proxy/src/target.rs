@@ -125,24 +125,27 @@ impl Pool {
     /// retire-then-read in [`Pool::retire`]: either the drain sees this
     /// request, or this request sees the retirement.
     pub(crate) fn pick(self: &Arc<Self>) -> Result<Option<InFlight>, Retired> {
+        let Some(guard) = self.pick_target() else {
+            return Ok(None);
+        };
+        if self.retired.load(Ordering::SeqCst) {
+            return Err(Retired);
+        }
+        Ok(Some(guard))
+    }
+
+    /// The next healthy target round-robin, counted in flight.
+    fn pick_target(self: &Arc<Self>) -> Option<InFlight> {
         let n = self.targets.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        for i in 0..n {
-            let target = &self.targets[(start + i) % n];
-            if !target.is_healthy() {
-                continue;
-            }
-            target.in_flight.fetch_add(1, Ordering::SeqCst);
-            let guard = InFlight {
-                pool: self.clone(),
-                target: target.clone(),
-            };
-            if self.retired.load(Ordering::SeqCst) {
-                return Err(Retired);
-            }
-            return Ok(Some(guard));
-        }
-        Ok(None)
+        let target = (0..n)
+            .map(|i| &self.targets[(start + i) % n])
+            .find(|t| t.is_healthy())?;
+        target.in_flight.fetch_add(1, Ordering::SeqCst);
+        Some(InFlight {
+            pool: self.clone(),
+            target: target.clone(),
+        })
     }
 
     /// Marks the pool as no longer live. Call after the route table stopped
@@ -190,6 +193,12 @@ pub(crate) struct InFlight {
 impl InFlight {
     pub(crate) fn target(&self) -> &Target {
         &self.target
+    }
+
+    /// Another target of the same pool, for a retry. Retirement does not
+    /// matter here: this hold keeps the pool's drain waiting until it ends.
+    pub(crate) fn another(&self) -> Option<InFlight> {
+        self.pool.pick_target()
     }
 
     /// Counts this as an upgraded connection for as long as it lives.

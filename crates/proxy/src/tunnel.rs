@@ -8,8 +8,6 @@
 
 use std::time::Duration;
 
-use hyper::upgrade::Upgraded as HyperUpgraded;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::target::Upgraded;
@@ -19,17 +17,49 @@ use crate::ws_frames::{close_frame_to_client, close_frame_to_server, FrameTracke
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 const BUF: usize = 16 * 1024;
 
+/// One end of a tunnel: its connection, and bytes already read from it
+/// (they followed the upgrade's head) that the other end has yet to get.
+pub(crate) struct Side<'a, S> {
+    io: S,
+    pending: &'a [u8],
+}
+
+impl<'a, S> Side<'a, S> {
+    pub(crate) fn new(io: S, pending: &'a [u8]) -> Self {
+        Self { io, pending }
+    }
+}
+
 /// Relays until both sides are done, or until the pool's drain times out.
-pub(crate) async fn relay(
-    client: HyperUpgraded,
-    upstream: HyperUpgraded,
+pub(crate) async fn relay<C, U>(
+    client: Side<'_, C>,
+    upstream: Side<'_, U>,
     hold: Upgraded,
     websocket: bool,
-) {
-    let mut client = TokioIo::new(client);
-    let mut upstream = TokioIo::new(upstream);
+) where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut client, client_pending) = (client.io, client.pending);
+    let (mut upstream, upstream_pending) = (upstream.io, upstream.pending);
     let mut up = Direction::default();
     let mut down = Direction::default();
+    if !client_pending.is_empty()
+        && up
+            .forward(Ok(client_pending.len()), client_pending, &mut upstream)
+            .await
+            .is_err()
+    {
+        return;
+    }
+    if !upstream_pending.is_empty()
+        && down
+            .forward(Ok(upstream_pending.len()), upstream_pending, &mut client)
+            .await
+            .is_err()
+    {
+        return;
+    }
     let closing = hold.closing().clone();
     let mut cbuf = vec![0u8; BUF];
     let mut ubuf = vec![0u8; BUF];

@@ -50,7 +50,8 @@ impl Worker {
             .recv()
             .map_err(|_| io::Error::other("proxy worker died while starting"))??;
         let forwarder = Arc::new(Forwarder::new(timeouts));
-        handle.spawn(forwarder.upstream.clone().sweep());
+        let sweeps = forwarder.clone();
+        handle.spawn(async move { sweeps.spawn_sweeps() });
         Ok(Self {
             handle,
             forwarder,

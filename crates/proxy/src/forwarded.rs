@@ -1,0 +1,70 @@
+//! What the proxy tells a target about the request's origin: the client's
+//! address for `X-Forwarded-For`, and a request id for `X-Request-Id`. Shared
+//! by the HTTP/1.1 and HTTP/2 request paths.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The client side of a connection.
+#[derive(Debug)]
+pub(crate) struct Peer {
+    /// The client's IP as `X-Forwarded-For` carries it, formatted once per
+    /// connection rather than per request.
+    ip: String,
+}
+
+impl Peer {
+    pub(crate) fn new(addr: SocketAddr) -> Self {
+        Self {
+            ip: addr.ip().to_string(),
+        }
+    }
+
+    pub(crate) fn ip(&self) -> &str {
+        &self.ip
+    }
+}
+
+/// Request ids unique across restarts: a per-process prefix and a counter.
+#[derive(Debug)]
+pub(crate) struct RequestIds {
+    prefix: u64,
+    next: AtomicU64,
+}
+
+impl RequestIds {
+    pub(crate) fn new() -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        Self {
+            prefix: nanos ^ (u64::from(std::process::id()) << 40),
+            next: AtomicU64::new(0),
+        }
+    }
+
+    /// Appends the next id to `out` (24 hex digits), without allocating.
+    pub(crate) fn write_next(&self, out: &mut Vec<u8>) {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        // Writing to a Vec cannot fail.
+        let _ = write!(out, "{:016x}{:08x}", self.prefix, n as u32);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_differ_and_have_a_fixed_width() {
+        let ids = RequestIds::new();
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        ids.write_next(&mut a);
+        ids.write_next(&mut b);
+        assert_eq!(a.len(), 24);
+        assert_eq!(b.len(), 24);
+        assert_ne!(a, b);
+    }
+}

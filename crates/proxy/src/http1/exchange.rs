@@ -1,0 +1,303 @@
+//! One proxied HTTP/1.1 request: pick a target, send the rewritten head (and
+//! the body bytes already read) in one write, read the answer, and stream
+//! the rest of both bodies through. Upgrades become a tunnel.
+//!
+//! A request that never reached an app goes to another target; one the app
+//! dropped unanswered on a reused connection is sent again if it is
+//! idempotent and whole in hand. Anything else becomes a 502, or a 504 when
+//! the target took longer than the response timeout.
+
+use std::pin::pin;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::body::Body;
+use super::connections::Upstream;
+use super::head::{self, Request, Response};
+use super::Buffers;
+use crate::forward::{Forwarder, Routing};
+use crate::target::InFlight;
+use crate::tunnel;
+
+/// Targets tried per request: the first, and others while nothing was sent.
+const ATTEMPTS: usize = 3;
+
+/// What the client connection does after an exchange.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum After {
+    KeepAlive,
+    Close,
+}
+
+/// Why a request got no response.
+enum Failed {
+    /// The target closed or reset the connection before answering anything.
+    Unanswered(String),
+    /// Anything else on the target's side.
+    Upstream(String),
+    TimedOut,
+    /// The client went away; nothing more to say to it.
+    Client,
+}
+
+/// One request on a client connection.
+pub(super) struct Exchange<'a> {
+    pub(super) forwarder: &'a Forwarder,
+    pub(super) routing: &'a Routing,
+    pub(super) client: &'a mut TcpStream,
+    pub(super) bufs: &'a mut Buffers,
+    pub(super) req: Request,
+}
+
+impl Exchange<'_> {
+    /// Runs the exchange to its end; the head is at the front of `bufs.client`
+    /// and its rewritten form in `bufs.out`.
+    pub(super) async fn run(mut self) -> After {
+        let host = self.req.host.clone().map(|r| &self.bufs.client[r]);
+        let picked = self
+            .routing
+            .pick(host.and_then(|h| std::str::from_utf8(h).ok()));
+        self.bufs.client.advance(self.req.head_len);
+        let mut hold = match picked {
+            Ok(hold) => hold,
+            Err(no) => return self.reply(no.status(), &format!("baton: {no}\n")).await,
+        };
+        let mut body = Body::new(self.req.framing);
+        if body
+            .take_into(&mut self.bufs.client, &mut self.bufs.out)
+            .is_err()
+        {
+            return self.reply(400, "baton: malformed chunked body\n").await;
+        }
+        let replayable = self.req.idempotent && body.is_done();
+
+        let mut last_error = String::new();
+        for _ in 0..ATTEMPTS {
+            let addr = hold.target().addr();
+            let mut upstream = match self.forwarder.connections.get(addr).await {
+                Ok(u) => u,
+                Err(e) => {
+                    tracing::debug!(target = %addr, error = %e, "upstream unreachable");
+                    last_error = e;
+                    match hold.another() {
+                        Some(next) => hold = next,
+                        None => break,
+                    }
+                    continue;
+                }
+            };
+            match self.send(&mut upstream, &mut body).await {
+                Ok(resp) => return self.respond(upstream, resp, body, hold).await,
+                Err(Failed::Unanswered(e)) if upstream.reused && replayable => {
+                    tracing::debug!(target = %addr, error = %e, "reused connection dropped; sending again");
+                    last_error = e;
+                }
+                Err(Failed::Unanswered(e) | Failed::Upstream(e)) => {
+                    last_error = e;
+                    break;
+                }
+                Err(Failed::TimedOut) => {
+                    return self
+                        .reply(504, "baton: the target did not answer in time\n")
+                        .await
+                }
+                Err(Failed::Client) => return After::Close,
+            }
+        }
+        let text = format!("baton: upstream error: {last_error}\n");
+        self.reply_closing(502, &text, !body.is_done()).await
+    }
+
+    /// Writes the request to the target and reads the response head; the
+    /// rest of the request body streams meanwhile, so that an early answer
+    /// (or a `100 Continue`) gets through.
+    async fn send(&mut self, upstream: &mut Upstream, body: &mut Body) -> Result<Response, Failed> {
+        let Buffers {
+            client: client_buf,
+            upstream: upstream_buf,
+            out,
+        } = &mut *self.bufs;
+        let timeout = self.forwarder.timeouts.response;
+        if let Err(e) = upstream.stream.write_all(out).await {
+            return Err(Failed::Unanswered(format!("writing the request: {e}")));
+        }
+        upstream_buf.clear();
+        let (mut upstream_read, mut upstream_write) = upstream.stream.split();
+        let (mut client_read, mut client_write) = self.client.split();
+        let mut read = pin!(read_response(
+            &mut upstream_read,
+            upstream_buf,
+            &mut client_write,
+            &self.req,
+            out,
+        ));
+        if body.is_done() {
+            return tokio::time::timeout(timeout, read)
+                .await
+                .unwrap_or(Err(Failed::TimedOut));
+        }
+        let stall = self.forwarder.timeouts.idle;
+        let mut copy = pin!(body.relay(&mut client_read, &mut upstream_write, client_buf, stall));
+        let mut copying = true;
+        // The response timeout runs from the end of the request body.
+        let deadline = pin!(tokio::time::sleep(Duration::MAX / 4));
+        let mut deadline = deadline;
+        loop {
+            tokio::select! {
+                copied = &mut copy, if copying => {
+                    copying = false;
+                    match copied {
+                        Err(e) if e.by_reader() => return Err(Failed::Client),
+                        // The target stopped reading: its answer may say why.
+                        Err(e) => tracing::debug!(error = %e, "request body not taken"),
+                        Ok(()) => {}
+                    }
+                    deadline.as_mut().reset(Instant::now() + timeout);
+                }
+                resp = &mut read => return resp,
+                _ = &mut deadline => return Err(Failed::TimedOut),
+            }
+        }
+    }
+
+    /// Sends the response head and body to the client, then pools the
+    /// target connection if it can carry another request.
+    async fn respond(
+        self,
+        mut upstream: Upstream,
+        mut resp: Response,
+        request_body: Body,
+        hold: InFlight,
+    ) -> After {
+        let request_done = request_body.is_done();
+        if !request_done && resp.keep_client {
+            // Answered before the whole body came: the rest is unread, so
+            // this connection cannot carry another request.
+            match head::parse_response(&self.bufs.upstream, &self.req, false, &mut self.bufs.out) {
+                Ok(Some(r)) => resp = r,
+                _ => return After::Close,
+            }
+        }
+        self.bufs.upstream.advance(resp.head_len);
+        if resp.status == 101 {
+            return self.tunnel(upstream, hold).await;
+        }
+        let mut body = Body::new(resp.framing);
+        if body
+            .take_into(&mut self.bufs.upstream, &mut self.bufs.out)
+            .is_err()
+        {
+            return After::Close;
+        }
+        if self.client.write_all(&self.bufs.out).await.is_err() {
+            return After::Close;
+        }
+        let stall = self.forwarder.timeouts.response;
+        if let Err(e) = body
+            .relay(
+                &mut upstream.stream,
+                self.client,
+                &mut self.bufs.upstream,
+                stall,
+            )
+            .await
+        {
+            tracing::debug!(error = %e, "response body relay ended early");
+            return After::Close;
+        }
+        if resp.reusable && request_done && self.bufs.upstream.is_empty() {
+            let addr = hold.target().addr();
+            self.forwarder.connections.put(addr, upstream.stream);
+        }
+        drop(hold);
+        if resp.keep_client && request_done {
+            After::KeepAlive
+        } else {
+            After::Close
+        }
+    }
+
+    /// Relays a `101 Switching Protocols` and then the raw connection, until
+    /// either side closes it or a drain runs out of time.
+    async fn tunnel(self, upstream: Upstream, hold: InFlight) -> After {
+        if !self.req.upgrade {
+            return self
+                .reply(502, "baton: unexpected 101 from the target\n")
+                .await;
+        }
+        if self.client.write_all(&self.bufs.out).await.is_err() {
+            return After::Close;
+        }
+        tunnel::relay(
+            tunnel::Side::new(self.client, &self.bufs.client),
+            tunnel::Side::new(upstream.stream, &self.bufs.upstream),
+            hold.upgraded(),
+            self.req.websocket,
+        )
+        .await;
+        After::Close
+    }
+
+    /// Answers with baton's own response. The connection stays open only if
+    /// the request had no body left unread.
+    async fn reply(self, status: u16, text: &str) -> After {
+        let unread = self.req.framing != head::Framing::Empty;
+        self.reply_closing(status, text, unread).await
+    }
+
+    async fn reply_closing(self, status: u16, text: &str, close: bool) -> After {
+        let close = close || !self.req.keep_alive;
+        head::error_response(status, text, close, &mut self.bufs.out);
+        if self.client.write_all(&self.bufs.out).await.is_err() || close {
+            return After::Close;
+        }
+        After::KeepAlive
+    }
+}
+
+/// Reads the target's response head into `buf`, relaying interim (1xx)
+/// responses to the client, and renders the client's head into `out`.
+async fn read_response<R, W>(
+    from: &mut R,
+    buf: &mut BytesMut,
+    client: &mut W,
+    req: &Request,
+    out: &mut Vec<u8>,
+) -> Result<Response, Failed>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut answered = false;
+    loop {
+        if !buf.is_empty() {
+            answered = true;
+            match head::parse_response(buf, req, req.keep_alive, out) {
+                Ok(Some(resp)) if resp.is_interim() => {
+                    client.write_all(out).await.map_err(|_| Failed::Client)?;
+                    buf.advance(resp.head_len);
+                    continue;
+                }
+                Ok(Some(resp)) => return Ok(resp),
+                Ok(None) => {}
+                Err(e) => return Err(Failed::Upstream(format!("invalid response: {e}"))),
+            }
+        }
+        buf.reserve(4096);
+        let read = from.read_buf(buf).await;
+        let reason = match read {
+            Ok(0) => "closed the connection".to_string(),
+            Err(e) => e.to_string(),
+            Ok(_) => continue,
+        };
+        return Err(if answered {
+            Failed::Upstream(format!("{reason} in the middle of the response head"))
+        } else {
+            Failed::Unanswered(format!("{reason} without answering"))
+        });
+    }
+}
