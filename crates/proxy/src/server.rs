@@ -55,7 +55,8 @@ impl Listener {
         if let http1::Ended::Http2(stream, read) =
             http1::serve(&self.forwarder, &self.routing, &peer, stream).await
         {
-            self.serve_http2(Prefixed { read, stream }, peer).await;
+            // Boxed: HTTP/2's state would otherwise sit in every connection's task.
+            Box::pin(self.serve_http2(Prefixed { read, stream }, peer)).await;
         }
     }
 

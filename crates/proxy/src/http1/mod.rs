@@ -33,8 +33,8 @@ use exchange::{After, Exchange};
 /// What an HTTP/2 client sends first (RFC 9113 §3.4).
 const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// A request's working memory. Dropped whenever the connection waits for its
-/// next request, so idle connections cost no buffers.
+/// A request's working memory, dropped when the request is done, so idle
+/// connections cost no buffers.
 #[derive(Debug, Default)]
 pub(crate) struct Buffers {
     /// What the client sent and is not forwarded yet.
@@ -59,31 +59,80 @@ pub(crate) async fn serve(
     peer: &Peer,
     mut client: TcpStream,
 ) -> Ended {
-    let mut bufs = Buffers::default();
+    // Bytes of the next request read ahead with the last one (pipelining).
+    let mut read_ahead = BytesMut::new();
     let mut first = true;
     loop {
-        let req = match next_request(forwarder, peer, &mut client, &mut bufs, first).await {
-            Next::Request(req) => req,
-            Next::Http2 => return Ended::Http2(client, bufs.client),
-            Next::Closed => return Ended::Closed,
-        };
-        first = false;
-        let exchange = Exchange {
+        if read_ahead.is_empty() {
+            // Idle: the task holds the socket, a timer and little else.
+            let readable = std::future::poll_fn(|cx| client.poll_read_ready(cx));
+            match tokio::time::timeout(forwarder.timeouts.idle, readable).await {
+                Ok(Ok(())) => {}
+                _ => return Ended::Closed,
+            }
+        }
+        // Boxed: a request's state (buffers, both connections' futures)
+        // lives only while the request does, not in every idle task.
+        let next = Box::pin(one_request(
             forwarder,
             routing,
-            client: &mut client,
-            bufs: &mut bufs,
-            req,
-        };
-        // Boxed: the exchange's state lives only while a request does, not
-        // in every idle connection's task.
-        if Box::pin(exchange.run()).await == After::Close {
-            return Ended::Closed;
+            peer,
+            &mut client,
+            &mut read_ahead,
+            first,
+        ));
+        match next.await {
+            Next::KeepAlive => first = false,
+            Next::Closed => return Ended::Closed,
+            Next::Http2 => return Ended::Http2(client, read_ahead),
         }
     }
 }
 
 enum Next {
+    KeepAlive,
+    Http2,
+    Closed,
+}
+
+/// Reads one request and forwards it.
+async fn one_request(
+    forwarder: &Forwarder,
+    routing: &Routing,
+    peer: &Peer,
+    client: &mut TcpStream,
+    read_ahead: &mut BytesMut,
+    first: bool,
+) -> Next {
+    let mut bufs = Buffers {
+        client: std::mem::take(read_ahead),
+        ..Buffers::default()
+    };
+    let req = match read_head(forwarder, peer, client, &mut bufs, first).await {
+        Head::Request(req) => req,
+        Head::Http2 => {
+            *read_ahead = bufs.client;
+            return Next::Http2;
+        }
+        Head::Closed => return Next::Closed,
+    };
+    let exchange = Exchange {
+        forwarder,
+        routing,
+        client,
+        bufs: &mut bufs,
+        req,
+    };
+    if exchange.run().await == After::Close {
+        return Next::Closed;
+    }
+    if !bufs.client.is_empty() {
+        *read_ahead = bufs.client;
+    }
+    Next::KeepAlive
+}
+
+enum Head {
     Request(head::Request),
     Http2,
     Closed,
@@ -91,33 +140,28 @@ enum Next {
 
 /// Reads until a whole request head is in `bufs.client`, answering (and
 /// closing on) a malformed one.
-async fn next_request(
+async fn read_head(
     forwarder: &Forwarder,
     peer: &Peer,
     client: &mut TcpStream,
     bufs: &mut Buffers,
     first: bool,
-) -> Next {
-    let idle = forwarder.timeouts.idle;
+) -> Head {
     loop {
-        if bufs.client.is_empty() {
-            // Between requests: wait without holding memory.
-            *bufs = Buffers::default();
-            match tokio::time::timeout(idle, client.readable()).await {
-                Ok(Ok(())) => {}
-                _ => return Next::Closed,
-            }
-        } else if first && starts_like_http2(&bufs.client) {
+        if first && starts_like_http2(&bufs.client) {
             if bufs.client.len() >= HTTP2_PREFACE.len() {
-                return Next::Http2;
+                return Head::Http2;
             }
-        } else if let Some(next) = parse(forwarder, peer, client, bufs).await {
-            return next;
+        } else if !bufs.client.is_empty() {
+            if let Some(head) = parse(forwarder, peer, client, bufs).await {
+                return head;
+            }
         }
         bufs.client.reserve(4096);
-        match tokio::time::timeout(idle, client.read_buf(&mut bufs.client)).await {
+        let read = client.read_buf(&mut bufs.client);
+        match tokio::time::timeout(forwarder.timeouts.idle, read).await {
             Ok(Ok(n)) if n > 0 => {}
-            _ => return Next::Closed,
+            _ => return Head::Closed,
         }
     }
 }
@@ -133,16 +177,16 @@ async fn parse(
     peer: &Peer,
     client: &mut TcpStream,
     bufs: &mut Buffers,
-) -> Option<Next> {
+) -> Option<Head> {
     use tokio::io::AsyncWriteExt;
     match head::parse_request(&bufs.client, peer, &forwarder.request_ids, &mut bufs.out) {
-        Ok(Some(req)) => Some(Next::Request(req)),
+        Ok(Some(req)) => Some(Head::Request(req)),
         Ok(None) => None,
         Err(e) => {
             tracing::debug!(error = %e, "bad request");
             head::error_response(e.status(), &format!("baton: {e}\n"), true, &mut bufs.out);
             let _ = client.write_all(&bufs.out).await;
-            Some(Next::Closed)
+            Some(Head::Closed)
         }
     }
 }
