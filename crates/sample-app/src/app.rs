@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
@@ -26,7 +27,7 @@ pub const VERSION_HEADER: &str = "x-app-version";
 const MAX_SLOW: Duration = Duration::from_secs(600);
 
 /// The response type every handler produces.
-pub(crate) type Resp = Response<Full<Bytes>>;
+pub(crate) type Resp = Response<BoxBody<Bytes, hyper::Error>>;
 
 /// Shared, immutable-after-start state of one running app.
 ///
@@ -99,7 +100,8 @@ impl App {
 
     /// A plain-text response carrying the version header.
     pub(crate) fn text(&self, status: StatusCode, body: String) -> Resp {
-        let mut resp = Response::new(Full::new(Bytes::from(body)));
+        let full = Full::new(Bytes::from(body)).map_err(|never| match never {});
+        let mut resp = Response::new(full.boxed());
         *resp.status_mut() = status;
         let headers = resp.headers_mut();
         headers.insert(VERSION_HEADER, self.version_header.clone());
@@ -147,6 +149,7 @@ async fn route(app: Arc<App>, req: Request<Incoming>) -> Resp {
         "/ws" => websocket(app, req),
         "/slow" => slow(app, req).await,
         "/headers" => headers(&app, req).await,
+        "/echo" => echo(&app, req),
         _ => {
             if let Err(resp) = discard_body(&app, req).await {
                 return resp;
@@ -181,6 +184,15 @@ async fn headers(app: &App, req: Request<Incoming>) -> Resp {
         return resp;
     }
     app.text(StatusCode::OK, lines)
+}
+
+/// `/echo`: streams the request body back as it arrives, with no length
+/// (so chunked), both bodies in flight at once.
+fn echo(app: &App, req: Request<Incoming>) -> Resp {
+    let mut resp = Response::new(req.into_body().boxed());
+    resp.headers_mut()
+        .insert(VERSION_HEADER, app.version_header.clone());
+    resp
 }
 
 /// Extracts `ms` from a query string; absent means no delay.

@@ -6,7 +6,8 @@
 //! healthy, crash at boot, fail real traffic). The `baton` binary exposes it
 //! as a hidden `baton sample-app ...` subcommand.
 //!
-//! Endpoints: `/healthz`, `/slow?ms=N`, `/ws` (WebSocket echo), `/headers`
+//! Endpoints: `/healthz`, `/slow?ms=N`, `/ws` (WebSocket echo), `/echo`
+//! (the request body streamed back), `/headers`
 //! (the request's headers, one `name: value` per line) and anything else
 //! answering `version=X`. Every response carries `x-app-version`.
 

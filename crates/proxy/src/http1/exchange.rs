@@ -8,6 +8,7 @@
 //! the target took longer than the response timeout.
 
 use std::pin::pin;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -42,7 +43,13 @@ enum Failed {
     TimedOut,
     /// The client went away; nothing more to say to it.
     Client,
+    /// The response broke off after its head went to the client: all that
+    /// is left is to close.
+    Broken,
 }
+
+/// A deadline that does not come.
+const FAR: Duration = Duration::from_secs(86_400 * 365);
 
 /// One request on a client connection.
 pub(super) struct Exchange<'a> {
@@ -91,7 +98,7 @@ impl Exchange<'_> {
                 }
             };
             match self.send(&mut upstream, &mut body).await {
-                Ok(resp) => return self.respond(upstream, resp, body, hold).await,
+                Ok(resp) => return self.finish(upstream, resp, body, hold).await,
                 Err(Failed::Unanswered(e)) if upstream.reused && replayable => {
                     tracing::debug!(target = %addr, error = %e, "reused connection dropped; sending again");
                     last_error = e;
@@ -105,47 +112,54 @@ impl Exchange<'_> {
                         .reply(504, "baton: the target did not answer in time\n")
                         .await
                 }
-                Err(Failed::Client) => return After::Close,
+                Err(Failed::Client | Failed::Broken) => return After::Close,
             }
         }
         let text = format!("baton: upstream error: {last_error}\n");
         self.reply_closing(502, &text, !body.is_done()).await
     }
 
-    /// Writes the request to the target and reads the response head; the
-    /// rest of the request body streams meanwhile, so that an early answer
-    /// (or a `100 Continue`) gets through.
+    /// Writes the request to the target and relays the answer to the client.
+    /// Both bodies stream at once: an early answer (or a `100 Continue`)
+    /// gets through while the request body is still coming, and a target
+    /// that answers as it reads gets the rest of it.
     async fn send(&mut self, upstream: &mut Upstream, body: &mut Body) -> Result<Response, Failed> {
         let Buffers {
             client: client_buf,
             upstream: upstream_buf,
             out,
         } = &mut *self.bufs;
-        let timeout = self.forwarder.timeouts.response;
+        let timeouts = self.forwarder.timeouts;
         if let Err(e) = upstream.stream.write_all(out).await {
             return Err(Failed::Unanswered(format!("writing the request: {e}")));
         }
         upstream_buf.clear();
         let (mut upstream_read, mut upstream_write) = upstream.stream.split();
         let (mut client_read, mut client_write) = self.client.split();
-        let mut read = pin!(read_response(
-            &mut upstream_read,
-            upstream_buf,
-            &mut client_write,
+        let request_done = AtomicBool::new(body.is_done());
+        let answered = AtomicBool::new(false);
+        let mut response = pin!(relay_response(
+            ResponseLeg {
+                from: &mut upstream_read,
+                to: &mut client_write,
+                buf: upstream_buf,
+                out,
+            },
             &self.req,
-            out,
+            &request_done,
+            &answered,
+            timeouts.response,
         ));
-        if body.is_done() {
-            return tokio::time::timeout(timeout, read)
-                .await
-                .unwrap_or(Err(Failed::TimedOut));
-        }
-        let stall = self.forwarder.timeouts.idle;
-        let mut copy = pin!(body.relay(&mut client_read, &mut upstream_write, client_buf, stall));
-        let mut copying = true;
+        let mut copying = !request_done.load(Relaxed);
+        let mut copy = pin!(body.relay(
+            &mut client_read,
+            &mut upstream_write,
+            client_buf,
+            timeouts.idle
+        ));
         // The response timeout runs from the end of the request body.
-        let deadline = pin!(tokio::time::sleep(Duration::MAX / 4));
-        let mut deadline = deadline;
+        let first_deadline = if copying { FAR } else { timeouts.response };
+        let mut deadline = pin!(tokio::time::sleep(first_deadline));
         loop {
             tokio::select! {
                 copied = &mut copy, if copying => {
@@ -154,61 +168,34 @@ impl Exchange<'_> {
                         Err(e) if e.by_reader() => return Err(Failed::Client),
                         // The target stopped reading: its answer may say why.
                         Err(e) => tracing::debug!(error = %e, "request body not taken"),
-                        Ok(()) => {}
+                        Ok(()) => request_done.store(true, Relaxed),
                     }
-                    deadline.as_mut().reset(Instant::now() + timeout);
+                    deadline.as_mut().reset(Instant::now() + timeouts.response);
                 }
-                resp = &mut read => return resp,
-                _ = &mut deadline => return Err(Failed::TimedOut),
+                resp = &mut response => return resp,
+                _ = &mut deadline => {
+                    if !answered.load(Relaxed) {
+                        return Err(Failed::TimedOut);
+                    }
+                    deadline.as_mut().reset(Instant::now() + FAR);
+                }
             }
         }
     }
 
-    /// Sends the response head and body to the client, then pools the
-    /// target connection if it can carry another request.
-    async fn respond(
+    /// Pools the target connection if it can carry another request, or hands
+    /// an upgrade to the tunnel.
+    async fn finish(
         self,
-        mut upstream: Upstream,
-        mut resp: Response,
-        request_body: Body,
+        upstream: Upstream,
+        resp: Response,
+        request: Body,
         hold: InFlight,
     ) -> After {
-        let request_done = request_body.is_done();
-        if !request_done && resp.keep_client {
-            // Answered before the whole body came: the rest is unread, so
-            // this connection cannot carry another request.
-            match head::parse_response(&self.bufs.upstream, &self.req, false, &mut self.bufs.out) {
-                Ok(Some(r)) => resp = r,
-                _ => return After::Close,
-            }
-        }
-        self.bufs.upstream.advance(resp.head_len);
         if resp.status == 101 {
             return self.tunnel(upstream, hold).await;
         }
-        let mut body = Body::new(resp.framing);
-        if body
-            .take_into(&mut self.bufs.upstream, &mut self.bufs.out)
-            .is_err()
-        {
-            return After::Close;
-        }
-        if self.client.write_all(&self.bufs.out).await.is_err() {
-            return After::Close;
-        }
-        let stall = self.forwarder.timeouts.response;
-        if let Err(e) = body
-            .relay(
-                &mut upstream.stream,
-                self.client,
-                &mut self.bufs.upstream,
-                stall,
-            )
-            .await
-        {
-            tracing::debug!(error = %e, "response body relay ended early");
-            return After::Close;
-        }
+        let request_done = request.is_done();
         if resp.reusable && request_done && self.bufs.upstream.is_empty() {
             let addr = hold.target().addr();
             self.forwarder.connections.put(addr, upstream.stream);
@@ -259,6 +246,54 @@ impl Exchange<'_> {
     }
 }
 
+/// The response's way from the target to the client.
+struct ResponseLeg<'a, R, W> {
+    from: &'a mut R,
+    to: &'a mut W,
+    /// What the target sent and is not relayed yet.
+    buf: &'a mut BytesMut,
+    /// The head the client gets.
+    out: &'a mut Vec<u8>,
+}
+
+/// Reads the response head (relaying interim ones), then sends it and the
+/// body to the client. A 101 returns before its head is sent: the tunnel
+/// takes over.
+async fn relay_response<R, W>(
+    leg: ResponseLeg<'_, R, W>,
+    req: &Request,
+    request_done: &AtomicBool,
+    answered: &AtomicBool,
+    stall: Duration,
+) -> Result<Response, Failed>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    // Answered before the whole request came: the rest of it may never be
+    // read, so the client connection cannot carry another request.
+    let keep_client = req.keep_alive && request_done.load(Relaxed);
+    let resp = read_response(leg.from, leg.buf, leg.to, req, keep_client, leg.out).await?;
+    answered.store(true, Relaxed);
+    leg.buf.advance(resp.head_len);
+    if resp.status == 101 {
+        return Ok(resp);
+    }
+    let mut body = Body::new(resp.framing);
+    if body.take_into(leg.buf, leg.out).is_err() {
+        return Err(Failed::Upstream("malformed chunked response".into()));
+    }
+    leg.to
+        .write_all(leg.out)
+        .await
+        .map_err(|_| Failed::Client)?;
+    if let Err(e) = body.relay(leg.from, leg.to, leg.buf, stall).await {
+        tracing::debug!(error = %e, "response body relay ended early");
+        return Err(Failed::Broken);
+    }
+    Ok(resp)
+}
+
 /// Reads the target's response head into `buf`, relaying interim (1xx)
 /// responses to the client, and renders the client's head into `out`.
 async fn read_response<R, W>(
@@ -266,6 +301,7 @@ async fn read_response<R, W>(
     buf: &mut BytesMut,
     client: &mut W,
     req: &Request,
+    keep_client: bool,
     out: &mut Vec<u8>,
 ) -> Result<Response, Failed>
 where
@@ -276,7 +312,7 @@ where
     loop {
         if !buf.is_empty() {
             answered = true;
-            match head::parse_response(buf, req, req.keep_alive, out) {
+            match head::parse_response(buf, req, keep_client, out) {
                 Ok(Some(resp)) if resp.is_interim() => {
                     client.write_all(out).await.map_err(|_| Failed::Client)?;
                     buf.advance(resp.head_len);

@@ -1,0 +1,178 @@
+//! The HTTP/1.1 path against targets that behave at the edges of the
+//! protocol, written as raw sockets so each misbehaviour is exact: an app
+//! that closes a kept-alive connection just as it is reused (mechanism 3 of
+//! `where-requests-get-lost.md`), and an answer delimited by closing.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton_config::HostPattern;
+use baton_core::Color;
+use baton_proxy::{HostTable, Pool, Proxy, Service, Target, Timeouts};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const ANSWER: Duration = Duration::from_secs(10);
+
+/// A proxy on a free port whose only route is `target`.
+async fn proxy_to(target: SocketAddr) -> (Proxy, SocketAddr) {
+    let timeouts = Timeouts {
+        connect: Duration::from_secs(2),
+        response: Duration::from_secs(5),
+        idle: Duration::from_secs(30),
+    };
+    let proxy = Proxy::new(timeouts, 1).unwrap();
+    let service = Arc::new(Service::new("app"));
+    let pool = Pool::new(
+        Color::Blue,
+        "v1",
+        vec![Arc::new(Target::with_health(target, true))],
+    );
+    service.switch(Arc::new(pool));
+    proxy
+        .router()
+        .set(HostTable::new([(&[HostPattern::Default][..], service)]));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = proxy.serve(listener).unwrap();
+    (proxy, addr)
+}
+
+/// Serves `answer_one` on every connection it accepts; counts connections.
+async fn backend<F, Fut>(answer_one: F) -> (SocketAddr, Arc<AtomicUsize>)
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    let answer_one = Arc::new(answer_one);
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn((answer_one.clone())(conn));
+        }
+    });
+    (addr, accepted)
+}
+
+/// Reads one request head (and a body of `content-length`, if any).
+async fn read_request(conn: &mut TcpStream) -> Option<String> {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&seen[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if seen.len() >= end + 4 + length {
+                return Some(head);
+            }
+        }
+        match conn.read(&mut buf).await {
+            Ok(n) if n > 0 => seen.extend_from_slice(&buf[..n]),
+            _ => return None,
+        }
+    }
+}
+
+/// One request on a kept-alive client connection: status line and body.
+async fn exchange(client: &mut TcpStream, request: &str) -> String {
+    client.write_all(request.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(ANSWER, async {
+        loop {
+            let text = String::from_utf8_lossy(&seen).to_string();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let length: usize = text[..end]
+                    .to_ascii_lowercase()
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                if seen.len() >= end + 4 + length {
+                    return text;
+                }
+            }
+            let n = client.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the proxy closed the connection: {text}");
+            seen.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("answered in time")
+}
+
+#[tokio::test]
+async fn a_get_lost_to_a_closing_app_connection_is_sent_again_but_a_post_is_not() {
+    // Answers the first request on each connection, then reads the next
+    // and closes without answering: the app's keep-alive timer firing just
+    // as the proxy reuses the connection.
+    let (target, accepted) = backend(|mut conn| async move {
+        if read_request(&mut conn).await.is_some() {
+            let _ = conn
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+            let _ = read_request(&mut conn).await;
+        }
+    })
+    .await;
+    let (_proxy, addr) = proxy_to(target).await;
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    let get = "GET / HTTP/1.1\r\nhost: a\r\n\r\n";
+    for i in 0..3 {
+        let answer = exchange(&mut client, get).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "GET {i}: {answer}");
+    }
+    assert!(
+        accepted.load(Ordering::SeqCst) >= 3,
+        "every GET after the first needed a fresh connection"
+    );
+
+    // The pooled connection has served its one request: the POST on it
+    // meets the closing app, and the app may have seen it.
+    let post = "POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 2\r\n\r\nhi";
+    let answer = exchange(&mut client, post).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 502"),
+        "a POST the app may have seen must not be sent twice: {answer}"
+    );
+}
+
+#[tokio::test]
+async fn an_answer_delimited_by_close_reaches_the_client_whole_then_closes() {
+    let body = "x".repeat(100_000);
+    let sent = body.clone();
+    let (target, _) = backend(move |mut conn| {
+        let sent = sent.clone();
+        async move {
+            if read_request(&mut conn).await.is_some() {
+                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await;
+                let _ = conn.write_all(sent.as_bytes()).await;
+            }
+        }
+    })
+    .await;
+    let (_proxy, addr) = proxy_to(target).await;
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut all = String::new();
+    tokio::time::timeout(ANSWER, client.read_to_string(&mut all))
+        .await
+        .expect("the proxy closes when the body ends")
+        .unwrap();
+    let (head, got) = all.split_once("\r\n\r\n").unwrap();
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+    assert_eq!(got.len(), body.len());
+}
