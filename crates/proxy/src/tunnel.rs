@@ -61,6 +61,8 @@ pub(crate) async fn relay<C, U>(
         return;
     }
     let closing = hold.closing().clone();
+    // One waiter for the whole relay, not a new one per read.
+    let mut closing = std::pin::pin!(closing.cancelled_owned());
     let mut cbuf = vec![0u8; BUF];
     let mut ubuf = vec![0u8; BUF];
 
@@ -72,7 +74,7 @@ pub(crate) async fn relay<C, U>(
             r = upstream.read(&mut ubuf), if !down.eof => {
                 if down.forward(r, &ubuf, &mut client).await.is_err() { return; }
             }
-            _ = closing.cancelled() => {
+            _ = &mut closing => {
                 if websocket {
                     let _ = tokio::time::timeout(
                         CLOSE_GRACE,
