@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 
 use crate::body::{RequestBody, ResponseBody};
 use crate::forwarded::{Peer, RequestIds};
-use crate::http1::Connections;
+use crate::http1::{Connections, IdleClients};
 use crate::router::{pick_from, NoRoute, Router};
 use crate::target::{InFlight, Pool};
 use crate::upstream::{Lease, SendError, Upstream};
@@ -51,6 +51,8 @@ pub struct Timeouts {
 pub(crate) struct Forwarder {
     /// Connections for HTTP/1.1 clients' requests.
     pub(crate) connections: Arc<Connections>,
+    /// HTTP/1.1 client connections, for the idle timeout.
+    pub(crate) idle_clients: Arc<IdleClients>,
     /// Connections for HTTP/2 clients' requests.
     pub(crate) upstream: Arc<Upstream>,
     pub(crate) timeouts: Timeouts,
@@ -71,6 +73,7 @@ impl Forwarder {
     pub(crate) fn new(timeouts: Timeouts) -> Self {
         Self {
             connections: Arc::new(Connections::new(timeouts.connect)),
+            idle_clients: Arc::new(IdleClients::new(timeouts.idle)),
             upstream: Upstream::new(timeouts.connect),
             timeouts,
             request_ids: RequestIds::new(),
@@ -80,6 +83,7 @@ impl Forwarder {
     /// Keeps both connection pools tidy; runs on the runtime that uses them.
     pub(crate) fn spawn_sweeps(&self) {
         tokio::spawn(self.connections.clone().sweep());
+        tokio::spawn(self.idle_clients.clone().sweep());
         tokio::spawn(self.upstream.clone().sweep());
     }
 

@@ -4,7 +4,6 @@
 //! HTTP/2 server, each stream handed to the [`Forwarder`].
 
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -31,6 +30,8 @@ pub(crate) struct Listener {
 impl Listener {
     /// Accepts until `stop` fires; connections already open are left to finish.
     pub(crate) async fn run(self, listener: TcpListener, stop: CancellationToken) {
+        // One pointer in each connection's task rather than the fields.
+        let this = Arc::new(self);
         loop {
             let accepted = tokio::select! {
                 a = listener.accept() => a,
@@ -39,7 +40,7 @@ impl Listener {
             match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    tokio::spawn(self.clone().serve(stream, peer));
+                    tokio::spawn(http1::serve(this.clone(), stream, Peer::new(peer)));
                 }
                 Err(e) => {
                     // Out of file descriptors, typically: back off instead of spinning.
@@ -50,17 +51,15 @@ impl Listener {
         }
     }
 
-    async fn serve(self, stream: TcpStream, peer: SocketAddr) {
-        let peer = Peer::new(peer);
-        if let http1::Ended::Http2(stream, read) =
-            http1::serve(&self.forwarder, &self.routing, &peer, stream).await
-        {
-            // Boxed: HTTP/2's state would otherwise sit in every connection's task.
-            Box::pin(self.serve_http2(Prefixed { read, stream }, peer)).await;
-        }
-    }
-
-    async fn serve_http2(self, stream: Prefixed, peer: Peer) {
+    /// Serves a connection that opened with the HTTP/2 preface; `read` is
+    /// what the HTTP/1.1 path read of it.
+    pub(crate) async fn serve_http2(
+        self: Arc<Self>,
+        stream: TcpStream,
+        read: BytesMut,
+        peer: Peer,
+    ) {
+        let stream = Prefixed { read, stream };
         let idle = self.forwarder.timeouts.idle;
         let this = Arc::new((self, peer));
         let service = service_fn(move |req| {

@@ -1,7 +1,8 @@
-//! The HTTP/1.1 path against targets that behave at the edges of the
-//! protocol, written as raw sockets so each misbehaviour is exact: an app
+//! The HTTP/1.1 path against targets and clients that behave at the edges
+//! of the protocol, written as raw sockets so each behaviour is exact: an app
 //! that closes a kept-alive connection just as it is reused (mechanism 3 of
-//! `where-requests-get-lost.md`), and an answer delimited by closing.
+//! `where-requests-get-lost.md`), an answer delimited by closing, and clients
+//! that go quiet (the idle timeout).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,10 +19,14 @@ const ANSWER: Duration = Duration::from_secs(10);
 
 /// A proxy on a free port whose only route is `target`.
 async fn proxy_to(target: SocketAddr) -> (Proxy, SocketAddr) {
+    proxy_with_idle_timeout(target, Duration::from_secs(30)).await
+}
+
+async fn proxy_with_idle_timeout(target: SocketAddr, idle: Duration) -> (Proxy, SocketAddr) {
     let timeouts = Timeouts {
         connect: Duration::from_secs(2),
         response: Duration::from_secs(5),
-        idle: Duration::from_secs(30),
+        idle,
     };
     let proxy = Proxy::new(timeouts, 1).unwrap();
     let service = Arc::new(Service::new("app"));
@@ -175,4 +180,61 @@ async fn an_answer_delimited_by_close_reaches_the_client_whole_then_closes() {
         "{head}"
     );
     assert_eq!(got.len(), body.len());
+}
+
+/// Answers every request on a connection with `ok`, for as long as it is open.
+async fn ok_backend() -> SocketAddr {
+    backend(|mut conn| async move {
+        while read_request(&mut conn).await.is_some() {
+            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+            if conn.write_all(answer).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await
+    .0
+}
+
+/// Waits for the proxy to close `client`; returns how long that took.
+async fn closed_within(client: &mut TcpStream, limit: Duration) -> Duration {
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(limit, client.read(&mut buf)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => started.elapsed(),
+        Ok(Ok(n)) => panic!("unexpected bytes: {:?}", &buf[..n]),
+        Err(_) => panic!("the proxy kept an idle connection open past {limit:?}"),
+    }
+}
+
+#[tokio::test]
+async fn idle_clients_are_closed_after_the_idle_timeout_and_busy_ones_are_not() {
+    let idle = Duration::from_millis(800);
+    let (_proxy, addr) = proxy_with_idle_timeout(ok_backend().await, idle).await;
+    let get = "GET / HTTP/1.1\r\nhost: a\r\n\r\n";
+
+    // A connection that keeps asking, more often than the timeout, stays.
+    let mut busy = TcpStream::connect(addr).await.unwrap();
+    for _ in 0..8 {
+        assert!(exchange(&mut busy, get).await.starts_with("HTTP/1.1 200"));
+        tokio::time::sleep(idle / 3).await;
+    }
+
+    // One that goes quiet after a request is closed, not before its time.
+    let mut quiet = TcpStream::connect(addr).await.unwrap();
+    assert!(exchange(&mut quiet, get).await.starts_with("HTTP/1.1 200"));
+    let took = closed_within(&mut quiet, ANSWER).await;
+    assert!(
+        took >= idle * 9 / 10,
+        "closed after {took:?}, before the timeout"
+    );
+
+    // One that never finishes its head is closed too.
+    let mut stalled = TcpStream::connect(addr).await.unwrap();
+    stalled.write_all(b"GET / HTTP/1.1\r\nho").await.unwrap();
+    closed_within(&mut stalled, ANSWER).await;
+
+    // And one that never sends anything.
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    closed_within(&mut silent, ANSWER).await;
 }

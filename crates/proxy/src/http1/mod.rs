@@ -19,15 +19,20 @@ mod chunked;
 mod connections;
 mod exchange;
 mod head;
+mod idle;
 
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 pub(crate) use connections::Connections;
+pub(crate) use idle::IdleClients;
+
+use std::sync::Arc;
 
 use crate::forward::{Forwarder, Routing};
 use crate::forwarded::Peer;
+use crate::server::Listener;
 use exchange::{After, Exchange};
 
 /// What an HTTP/2 client sends first (RFC 9113 §3.4).
@@ -45,30 +50,25 @@ pub(crate) struct Buffers {
     out: Vec<u8>,
 }
 
-/// How a client connection ended.
-pub(crate) enum Ended {
-    Closed,
-    /// It speaks HTTP/2: here is the connection and what was read of it.
-    Http2(TcpStream, BytesMut),
-}
-
-/// Serves HTTP/1.1 requests on a client connection until it closes.
-pub(crate) async fn serve(
-    forwarder: &Forwarder,
-    routing: &Routing,
-    peer: &Peer,
-    mut client: TcpStream,
-) -> Ended {
+/// Serves HTTP/1.1 requests on a client connection until it closes; hands
+/// it to HTTP/2 if it opens with that preface. This is the connection's task:
+/// what it holds while idle is what an idle connection costs.
+pub(crate) async fn serve(listener: Arc<Listener>, mut client: TcpStream, peer: Peer) {
+    let (forwarder, routing) = (&*listener.forwarder, &listener.routing);
+    // Released before the socket closes (locals drop before arguments).
+    let idle = forwarder.idle_clients.register(&client);
     // Bytes of the next request read ahead with the last one (pipelining).
     let mut read_ahead = BytesMut::new();
     let mut first = true;
     loop {
         if read_ahead.is_empty() {
-            // Idle: the task holds the socket, a timer and little else.
-            let readable = std::future::poll_fn(|cx| client.poll_read_ready(cx));
-            match tokio::time::timeout(forwarder.timeouts.idle, readable).await {
-                Ok(Ok(())) => {}
-                _ => return Ended::Closed,
+            // Idle: the task holds the socket and little else; the worker's
+            // sweep enforces the idle timeout.
+            idle.idle();
+            let readable = std::future::poll_fn(|cx| client.poll_read_ready(cx)).await;
+            idle.busy();
+            if readable.is_err() {
+                return;
             }
         }
         // Boxed: a request's state (buffers, both connections' futures)
@@ -76,17 +76,20 @@ pub(crate) async fn serve(
         let next = Box::pin(one_request(
             forwarder,
             routing,
-            peer,
+            &peer,
             &mut client,
             &mut read_ahead,
             first,
         ));
         match next.await {
             Next::KeepAlive => first = false,
-            Next::Closed => return Ended::Closed,
-            Next::Http2 => return Ended::Http2(client, read_ahead),
+            Next::Closed => return,
+            Next::Http2 => break,
         }
     }
+    drop(idle);
+    // Boxed: HTTP/2's state would otherwise sit in every connection's task.
+    Box::pin(listener.serve_http2(client, read_ahead, peer)).await;
 }
 
 enum Next {
