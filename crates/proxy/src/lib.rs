@@ -14,12 +14,12 @@ mod forward;
 mod forwarded;
 pub mod health_check;
 mod http1;
+mod http2;
 mod preview;
 pub mod router;
 mod server;
 pub mod target;
 mod tunnel;
-mod upstream;
 mod worker;
 mod ws_frames;
 

@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use baton_core::Color;
-use http::uri::Authority;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -20,8 +19,6 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug)]
 pub struct Target {
     addr: SocketAddr,
-    /// `addr` preformatted for request URIs, so forwarding does not format it each time.
-    pub(crate) authority: Authority,
     healthy: AtomicBool,
     /// Requests and upgraded connections currently using this target.
     in_flight: AtomicUsize,
@@ -40,11 +37,8 @@ impl Target {
     /// A target known to be serving (one adopted after a restart, say); the
     /// health check still takes it out if it stops answering.
     pub fn with_health(addr: SocketAddr, healthy: bool) -> Self {
-        let authority = Authority::try_from(addr.to_string().as_str())
-            .unwrap_or_else(|_| Authority::from_static("127.0.0.1"));
         Self {
             addr,
-            authority,
             healthy: AtomicBool::new(healthy),
             in_flight: AtomicUsize::new(0),
             upgraded: AtomicUsize::new(0),

@@ -238,3 +238,112 @@ async fn idle_clients_are_closed_after_the_idle_timeout_and_busy_ones_are_not() 
     let mut silent = TcpStream::connect(addr).await.unwrap();
     closed_within(&mut silent, ANSWER).await;
 }
+
+/// Reads one request, head and body (by length or chunked), as raw bytes.
+async fn read_raw_request(conn: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&seen[..end]).to_ascii_lowercase();
+            let body = &seen[end + 4..];
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map(|v| v.trim().parse::<usize>().unwrap());
+            let done = match length {
+                Some(n) => body.len() >= n,
+                None if head.contains("transfer-encoding: chunked") => body.ends_with(b"0\r\n\r\n"),
+                None => true,
+            };
+            if done {
+                return Some(seen);
+            }
+        }
+        match conn.read(&mut buf).await {
+            Ok(n) if n > 0 => seen.extend_from_slice(&buf[..n]),
+            _ => return None,
+        }
+    }
+}
+
+#[tokio::test]
+async fn http2_clients_reach_http11_targets_over_the_same_pool() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full, StreamBody};
+    use hyper::body::Frame;
+
+    // Answers with the request exactly as it arrived, chunked.
+    let (target, accepted) = backend(|mut conn| async move {
+        while let Some(raw) = read_raw_request(&mut conn).await {
+            let mut answer = format!(
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nconnection: keep-alive\r\n\r\n{:x}\r\n",
+                raw.len()
+            )
+            .into_bytes();
+            answer.extend_from_slice(&raw);
+            answer.extend_from_slice(b"\r\n0\r\n\r\n");
+            if conn.write_all(&answer).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let (_proxy, addr) = proxy_to(target).await;
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+
+    type Sent = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+    async fn seen_by_target(
+        h2: &mut hyper::client::conn::http2::SendRequest<Sent>,
+        req: hyper::Request<Sent>,
+    ) -> String {
+        let resp = tokio::time::timeout(ANSWER, h2.send_request(req))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert!(resp.headers().get("transfer-encoding").is_none());
+        assert!(resp.headers().get("connection").is_none());
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8_lossy(&body).to_ascii_lowercase()
+    }
+
+    // A GET with its cookie split in two fields, as HTTP/2 allows.
+    let get = hyper::Request::get("http://app.test/p?q=1")
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .body(Full::new(Bytes::new()).boxed())
+        .unwrap();
+    let saw = seen_by_target(&mut h2, get).await;
+    assert!(saw.starts_with("get /p?q=1 http/1.1\r\n"), "{saw}");
+    assert!(saw.contains("host: app.test\r\n"), "{saw}");
+    assert!(saw.contains("cookie: a=1; b=2\r\n"), "{saw}");
+    assert!(saw.contains("x-forwarded-proto: http\r\n"), "{saw}");
+
+    // A body of unknown length goes chunked.
+    let frames = futures_util::stream::iter(
+        ["ab", "c"].map(|s| Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(s)))),
+    );
+    let post = hyper::Request::post("http://app.test/up")
+        .body(StreamBody::new(frames).boxed())
+        .unwrap();
+    let saw = seen_by_target(&mut h2, post).await;
+    assert!(saw.contains("transfer-encoding: chunked\r\n"), "{saw}");
+    assert!(
+        saw.ends_with("\r\n\r\n2\r\nab\r\n1\r\nc\r\n0\r\n\r\n"),
+        "{saw}"
+    );
+
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "both requests went over one pooled connection"
+    );
+}

@@ -3,6 +3,7 @@
 //! (chunked stays chunked); the proxy only tracks where each one ends, so the
 //! bytes after it stay for the next message.
 
+use std::ops::Range;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -17,7 +18,7 @@ const LARGE_READ_SIZE: usize = 64 * 1024;
 
 /// The unsent rest of one body.
 #[derive(Debug)]
-pub(super) enum Body {
+pub(crate) enum Remaining {
     Done,
     Length(u64),
     Chunked(Chunked),
@@ -46,8 +47,8 @@ impl Broken {
     }
 }
 
-impl Body {
-    pub(super) fn new(framing: Framing) -> Self {
+impl Remaining {
+    pub(crate) fn new(framing: Framing) -> Self {
         match framing {
             Framing::Empty | Framing::Length(0) => Self::Done,
             Framing::Length(n) => Self::Length(n),
@@ -56,12 +57,12 @@ impl Body {
         }
     }
 
-    pub(super) fn is_done(&self) -> bool {
+    pub(crate) fn is_done(&self) -> bool {
         matches!(self, Self::Done)
     }
 
     /// Counts the body's next bytes: how many of `buf` belong to it.
-    pub(super) fn take(&mut self, buf: &[u8]) -> Result<usize, BadChunk> {
+    pub(crate) fn take(&mut self, buf: &[u8]) -> Result<usize, BadChunk> {
         let n = match self {
             Self::Done => 0,
             Self::Length(left) => {
@@ -82,6 +83,21 @@ impl Body {
             Self::UntilClose => buf.len(),
         };
         Ok(n)
+    }
+
+    /// Like [`Remaining::take`], but for a reader that needs the payload without
+    /// its framing: how many bytes of `buf` were consumed, and the range of
+    /// payload among them (chunked bodies yield one chunk's data per call).
+    pub(crate) fn take_data(&mut self, buf: &[u8]) -> Result<(usize, Range<usize>), BadChunk> {
+        if let Self::Chunked(c) = self {
+            let decoded = c.decode(buf)?;
+            if c.is_done() {
+                *self = Self::Done;
+            }
+            return Ok(decoded);
+        }
+        let n = self.take(buf)?;
+        Ok((n, 0..n))
     }
 
     /// Moves the body's bytes at the front of `from` to the end of `to`.
@@ -145,14 +161,14 @@ mod tests {
 
     #[test]
     fn length_bodies_stop_at_their_end() {
-        let mut b = Body::new(Framing::Length(5));
+        let mut b = Remaining::new(Framing::Length(5));
         assert_eq!(b.take(b"abc"), Ok(3));
         assert!(!b.is_done());
         assert_eq!(b.take(b"deNEXT"), Ok(2));
         assert!(b.is_done());
         assert_eq!(b.take(b"NEXT"), Ok(0));
-        assert!(Body::new(Framing::Length(0)).is_done());
-        assert!(Body::new(Framing::Empty).is_done());
+        assert!(Remaining::new(Framing::Length(0)).is_done());
+        assert!(Remaining::new(Framing::Empty).is_done());
     }
 
     #[tokio::test]
@@ -164,7 +180,7 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         });
-        let mut body = Body::new(Framing::Chunked);
+        let mut body = Remaining::new(Framing::Chunked);
         let mut out = Vec::new();
         let mut buf = BytesMut::new();
         body.relay(&mut rx, &mut out, &mut buf, Duration::from_secs(5))
@@ -180,7 +196,7 @@ mod tests {
         tx.write_all(b"abc").await.unwrap();
         drop(tx);
         let mut out = Vec::new();
-        let err = Body::new(Framing::Length(10))
+        let err = Remaining::new(Framing::Length(10))
             .relay(
                 &mut rx,
                 &mut out,
@@ -195,7 +211,7 @@ mod tests {
         tx.write_all(b"abc").await.unwrap();
         drop(tx);
         let mut out = Vec::new();
-        Body::new(Framing::UntilClose)
+        Remaining::new(Framing::UntilClose)
             .relay(
                 &mut rx,
                 &mut out,

@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::body::Body;
+use super::body::Remaining;
 use super::connections::Upstream;
 use super::head::{self, Request, Response};
 use super::Buffers;
@@ -73,7 +73,7 @@ impl Exchange<'_> {
             Ok(hold) => hold,
             Err(no) => return self.reply(no.status(), &format!("baton: {no}\n")).await,
         };
-        let mut body = Body::new(self.req.framing);
+        let mut body = Remaining::new(self.req.framing);
         if body
             .take_into(&mut self.bufs.client, &mut self.bufs.out)
             .is_err()
@@ -123,7 +123,11 @@ impl Exchange<'_> {
     /// Both bodies stream at once: an early answer (or a `100 Continue`)
     /// gets through while the request body is still coming, and a target
     /// that answers as it reads gets the rest of it.
-    async fn send(&mut self, upstream: &mut Upstream, body: &mut Body) -> Result<Response, Failed> {
+    async fn send(
+        &mut self,
+        upstream: &mut Upstream,
+        body: &mut Remaining,
+    ) -> Result<Response, Failed> {
         let Buffers {
             client: client_buf,
             upstream: upstream_buf,
@@ -189,7 +193,7 @@ impl Exchange<'_> {
         self,
         upstream: Upstream,
         resp: Response,
-        request: Body,
+        request: Remaining,
         hold: InFlight,
     ) -> After {
         if resp.status == 101 {
@@ -279,7 +283,7 @@ where
     if resp.status == 101 {
         return Ok(resp);
     }
-    let mut body = Body::new(resp.framing);
+    let mut body = Remaining::new(resp.framing);
     if body.take_into(leg.buf, leg.out).is_err() {
         return Err(Failed::Upstream("malformed chunked response".into()));
     }

@@ -223,22 +223,8 @@ pub(crate) fn parse_response(
     let status = resp.code.unwrap_or_default();
     let scan = Scan::of(resp.headers)?;
     let switching = status == 101;
-    let framing = if req.head_method || (100..200).contains(&status) || matches!(status, 204 | 304)
-    {
-        Framing::Empty
-    } else {
-        match (scan.chunked, scan.length) {
-            (Some(true), _) => Framing::Chunked,
-            (Some(false), _) => Framing::UntilClose,
-            (None, Some(n)) => Framing::Length(n),
-            (None, None) => Framing::UntilClose,
-        }
-    };
-    let reusable = resp.version == Some(1)
-        && !req.http10
-        && framing != Framing::UntilClose
-        && !switching
-        && !scan.connection_has(b"close");
+    let framing = response_framing(status, req.head_method, &scan);
+    let reusable = !req.http10 && reusable(&resp, framing, &scan);
     let keep_client = keep_client && framing != Framing::UntilClose;
     let interim = (100..200).contains(&status) && !switching;
 
@@ -274,6 +260,80 @@ pub(crate) fn parse_response(
         reusable,
         keep_client,
     }))
+}
+
+/// A target's response head as an HTTP/2 client gets it.
+#[derive(Debug)]
+pub(crate) struct ResponseParts {
+    pub(crate) head_len: usize,
+    /// Status and end-to-end fields; no body.
+    pub(crate) head: http::Response<()>,
+    pub(crate) framing: Framing,
+    pub(crate) reusable: bool,
+}
+
+/// Parses a response head from `buf` into `http` types, for the HTTP/2
+/// path: connection-specific fields (which HTTP/2 forbids) stay behind.
+/// `Ok(None)`: the head is not complete yet.
+pub(crate) fn parse_response_parts(
+    buf: &[u8],
+    head_method: bool,
+) -> Result<Option<ResponseParts>, HeadError> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut fields);
+    let head_len = match resp.parse(buf)? {
+        httparse::Status::Complete(n) => n,
+        httparse::Status::Partial if buf.len() >= MAX_HEAD => return Err(HeadError::TooLarge),
+        httparse::Status::Partial => return Ok(None),
+    };
+    let code = resp.code.unwrap_or_default();
+    let scan = Scan::of(resp.headers)?;
+    let framing = response_framing(code, head_method, &scan);
+    let mut head = http::Response::new(());
+    *head.status_mut() = http::StatusCode::from_u16(code)
+        .map_err(|_| HeadError::Malformed(format!("status {code}")))?;
+    let headers = head.headers_mut();
+    for h in resp.headers.iter() {
+        let name = h.name.as_bytes();
+        if is_hop_by_hop(name, h.value)
+            || name.eq_ignore_ascii_case(b"transfer-encoding")
+            || scan.lists(name)
+        {
+            continue;
+        }
+        let field = http::HeaderName::from_bytes(name)
+            .ok()
+            .zip(http::HeaderValue::from_bytes(h.value).ok());
+        if let Some((name, value)) = field {
+            headers.append(name, value);
+        }
+    }
+    Ok(Some(ResponseParts {
+        head_len,
+        reusable: reusable(&resp, framing, &scan),
+        head,
+        framing,
+    }))
+}
+
+/// How a response's body is delimited (RFC 9112 §6.3).
+fn response_framing(status: u16, head_method: bool, scan: &Scan) -> Framing {
+    if head_method || (100..200).contains(&status) || matches!(status, 204 | 304) {
+        return Framing::Empty;
+    }
+    match (scan.chunked, scan.length) {
+        (Some(true), _) => Framing::Chunked,
+        (Some(false), _) | (None, None) => Framing::UntilClose,
+        (None, Some(n)) => Framing::Length(n),
+    }
+}
+
+/// The target keeps the connection for another request after this response.
+fn reusable(resp: &httparse::Response, framing: Framing, scan: &Scan) -> bool {
+    resp.version == Some(1)
+        && framing != Framing::UntilClose
+        && resp.code != Some(101)
+        && !scan.connection_has(b"close")
 }
 
 /// Writes a complete plain-text response of baton's own.

@@ -25,7 +25,9 @@ use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-pub(crate) use connections::Connections;
+pub(crate) use body::Remaining;
+pub(crate) use connections::{Connections, Upstream};
+pub(crate) use head::{parse_response_parts, Framing, ResponseParts};
 pub(crate) use idle::IdleClients;
 
 use std::sync::Arc;

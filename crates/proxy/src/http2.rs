@@ -1,0 +1,449 @@
+//! The HTTP/2 request path: hyper serves the client's streams; each one goes
+//! to its target as HTTP/1.1 over the same pooled connections the HTTP/1.1
+//! path uses, and its answer comes back decoded from HTTP/1.1 framing.
+//!
+//! Rewriting follows RFC 9110 for a proxy and RFC 9113 §8.2 for the change
+//! of version: `:authority` becomes `Host`, split `Cookie` fields are joined,
+//! connection-specific fields never reach the client.
+
+use std::pin::pin;
+
+use bytes::BytesMut;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{request, Method, Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::body::{ResponseBody, TargetBody};
+use crate::forward::{Forwarder, Routing};
+use crate::forwarded::{Peer, RequestIds};
+use crate::http1::{parse_response_parts, Framing, Remaining, ResponseParts, Upstream};
+use crate::target::InFlight;
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Targets tried per request: the first, and others while nothing was sent.
+const ATTEMPTS: usize = 3;
+
+/// Why a request got no response.
+enum Failed {
+    /// The target closed the connection before answering anything.
+    Unanswered(String),
+    Upstream(String),
+    /// The client's request body broke off.
+    Client(String),
+}
+
+impl Forwarder {
+    /// Serves one HTTP/2 client request.
+    pub(crate) async fn handle(
+        &self,
+        routing: &Routing,
+        peer: &Peer,
+        req: Request<Incoming>,
+    ) -> Response<ResponseBody> {
+        let (mut parts, mut body) = req.into_parts();
+        let host = prepare_headers(&mut parts, peer, &self.request_ids);
+        let framing = request_framing(&parts, &body);
+        let mut out = Vec::with_capacity(1024);
+        write_request_head(&parts, framing, &mut out);
+        let mut hold = match pick(routing, host.as_ref()) {
+            Ok(hold) => hold,
+            Err(resp) => return resp,
+        };
+        let head_method = parts.method == Method::HEAD;
+        let replayable = framing == Framing::Empty && is_idempotent(&parts.method);
+
+        let mut last_error = String::new();
+        for _ in 0..ATTEMPTS {
+            let addr = hold.target().addr();
+            let mut upstream = match self.connections.get(addr).await {
+                Ok(u) => u,
+                Err(e) => {
+                    tracing::debug!(target = %addr, error = %e, "upstream unreachable");
+                    last_error = e;
+                    match hold.another() {
+                        Some(next) => hold = next,
+                        None => break,
+                    }
+                    continue;
+                }
+            };
+            let sent = send(&mut upstream, &out, &mut body, framing, head_method);
+            match tokio::time::timeout(self.timeouts.response, sent).await {
+                Ok(Ok((resp, buf, request_done))) => {
+                    return self.respond(upstream, resp, buf, request_done, hold)
+                }
+                Ok(Err(Failed::Unanswered(e))) if upstream.reused && replayable => {
+                    tracing::debug!(target = %addr, error = %e, "reused connection dropped; sending again");
+                    last_error = e;
+                }
+                Ok(Err(Failed::Unanswered(e) | Failed::Upstream(e) | Failed::Client(e))) => {
+                    last_error = e;
+                    break;
+                }
+                Err(_) => {
+                    return error(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "baton: the target did not answer in time\n",
+                    )
+                }
+            }
+        }
+        error(
+            StatusCode::BAD_GATEWAY,
+            format!("baton: upstream error: {last_error}\n"),
+        )
+    }
+
+    /// The client's response; its body reads the rest from the target.
+    fn respond(
+        &self,
+        upstream: Upstream,
+        resp: ResponseParts,
+        buf: BytesMut,
+        request_done: bool,
+        hold: InFlight,
+    ) -> Response<ResponseBody> {
+        let target = TargetBody {
+            stream: upstream.stream,
+            buf,
+            remaining: Remaining::new(resp.framing),
+            reusable: resp.reusable && request_done,
+            addr: hold.target().addr(),
+            connections: self.connections.clone(),
+        };
+        let (parts, ()) = resp.head.into_parts();
+        Response::from_parts(parts, ResponseBody::target(target, hold))
+    }
+}
+
+/// Writes the request and reads the response head, the request body
+/// streaming meanwhile. Returns the head, what was read past it, and whether
+/// the whole request body went out.
+async fn send(
+    upstream: &mut Upstream,
+    head: &[u8],
+    body: &mut Incoming,
+    framing: Framing,
+    head_method: bool,
+) -> Result<(ResponseParts, BytesMut, bool), Failed> {
+    if let Err(e) = upstream.stream.write_all(head).await {
+        return Err(Failed::Unanswered(format!("writing the request: {e}")));
+    }
+    let (mut from, mut to) = upstream.stream.split();
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut copying = framing != Framing::Empty;
+    let mut request_done = !copying;
+    let resp = {
+        let mut read = pin!(read_response_head(&mut from, &mut buf, head_method));
+        let mut copy = pin!(copy_request_body(body, &mut to, framing));
+        loop {
+            tokio::select! {
+                copied = &mut copy, if copying => {
+                    copying = false;
+                    match copied {
+                        Ok(()) => request_done = true,
+                        Err(e @ Failed::Client(_)) => return Err(e),
+                        // The target stopped reading: its answer may say why.
+                        Err(_) => {}
+                    }
+                }
+                resp = &mut read => break resp?,
+            }
+        }
+    };
+    Ok((resp, buf, request_done))
+}
+
+/// Streams the client's body to the target, chunked unless its length is known.
+async fn copy_request_body<W>(
+    body: &mut Incoming,
+    to: &mut W,
+    framing: Framing,
+) -> Result<(), Failed>
+where
+    W: AsyncWrite + Unpin,
+{
+    let chunked = framing == Framing::Chunked;
+    let write_failed =
+        |e: std::io::Error| Failed::Upstream(format!("writing the request body: {e}"));
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Failed::Client(format!("client request body: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers: not carried over HTTP/1.1 here
+        };
+        if chunked && !data.is_empty() {
+            to.write_all(format!("{:x}\r\n", data.len()).as_bytes())
+                .await
+                .map_err(write_failed)?;
+        }
+        to.write_all(&data).await.map_err(write_failed)?;
+        if chunked && !data.is_empty() {
+            to.write_all(b"\r\n").await.map_err(write_failed)?;
+        }
+    }
+    if chunked {
+        to.write_all(b"0\r\n\r\n").await.map_err(write_failed)?;
+    }
+    Ok(())
+}
+
+/// Reads until a final response head is in `buf` (interim 1xx answers are
+/// dropped: there is no HTTP/2 stream to send them on here), and leaves
+/// what follows it in `buf`.
+async fn read_response_head<R>(
+    from: &mut R,
+    buf: &mut BytesMut,
+    head_method: bool,
+) -> Result<ResponseParts, Failed>
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    let mut answered = false;
+    loop {
+        if !buf.is_empty() {
+            answered = true;
+            match parse_response_parts(buf, head_method) {
+                Ok(Some(resp)) if resp.head.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                    return Err(Failed::Upstream("unexpected 101 from the target".into()))
+                }
+                Ok(Some(resp)) if resp.head.status().is_informational() => {
+                    let _ = buf.split_to(resp.head_len);
+                    continue;
+                }
+                Ok(Some(resp)) => {
+                    let _ = buf.split_to(resp.head_len);
+                    return Ok(resp);
+                }
+                Ok(None) => {}
+                Err(e) => return Err(Failed::Upstream(format!("invalid response: {e}"))),
+            }
+        }
+        buf.reserve(4096);
+        let reason = match from.read_buf(buf).await {
+            Ok(0) => "closed the connection".to_string(),
+            Err(e) => e.to_string(),
+            Ok(_) => continue,
+        };
+        return Err(if answered {
+            Failed::Upstream(format!("{reason} in the middle of the response head"))
+        } else {
+            Failed::Unanswered(format!("{reason} without answering"))
+        });
+    }
+}
+
+/// How the request's body goes to the target.
+fn request_framing(parts: &request::Parts, body: &Incoming) -> Framing {
+    if http_body::Body::is_end_stream(body) {
+        return Framing::Empty;
+    }
+    let length = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok());
+    match length {
+        Some(n) => Framing::Length(n),
+        None => Framing::Chunked,
+    }
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+/// The HTTP/1.1 head of the rewritten request.
+fn write_request_head(parts: &request::Parts, framing: Framing, out: &mut Vec<u8>) {
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut cookies = parts.headers.get_all(header::COOKIE).iter().peekable();
+    if cookies.peek().is_some() {
+        // HTTP/2 may split Cookie; HTTP/1.1 wants one field (RFC 9113 §8.2.3).
+        out.extend_from_slice(b"cookie: ");
+        for (i, c) in cookies.enumerate() {
+            if i > 0 {
+                out.extend_from_slice(b"; ");
+            }
+            out.extend_from_slice(c.as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in &parts.headers {
+        if name == header::COOKIE {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if framing == Framing::Chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Takes a target for the request, or says why there is none.
+// The error is the response to send, built on the cold path only.
+#[allow(clippy::result_large_err)]
+fn pick(routing: &Routing, host: Option<&HeaderValue>) -> Result<InFlight, Response<ResponseBody>> {
+    routing
+        .pick(host.and_then(|h| h.to_str().ok()))
+        .map_err(|no| {
+            let status = StatusCode::from_u16(no.status()).unwrap_or(StatusCode::BAD_GATEWAY);
+            error(status, format!("baton: {no}\n"))
+        })
+}
+
+/// Drops hop-by-hop headers (RFC 9110 §7.6.1), including those the
+/// Connection header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if let Some(listed) = headers
+        .get(header::CONNECTION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let names: Vec<HeaderName> = listed
+            .split(',')
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in names {
+            headers.remove(name);
+        }
+    }
+    for name in [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    let te_trailers = headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    if !te_trailers {
+        headers.remove(header::TE);
+    }
+}
+
+/// Rewrites the client's request head for the target. Returns the Host the
+/// client asked for, used for routing.
+fn prepare_headers(
+    parts: &mut request::Parts,
+    peer: &Peer,
+    ids: &RequestIds,
+) -> Option<HeaderValue> {
+    let headers = &mut parts.headers;
+    strip_hop_by_hop(headers);
+    // HTTP/2 carries the host in :authority; HTTP/1.1 targets need a Host header.
+    if !headers.contains_key(header::HOST) {
+        if let Some(authority) = parts.uri.authority() {
+            if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
+                headers.insert(header::HOST, v);
+            }
+        }
+    }
+    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prior) => HeaderValue::from_str(&format!("{prior}, {}", peer.ip())).ok(),
+        None => HeaderValue::from_str(peer.ip()).ok(),
+    };
+    if let Some(v) = forwarded_for {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    let host = headers.get(header::HOST).cloned();
+    if let Some(h) = &host {
+        headers.insert(X_FORWARDED_HOST.clone(), h.clone());
+    }
+    if !headers.contains_key(&X_REQUEST_ID) {
+        let mut id = Vec::with_capacity(24);
+        ids.write_next(&mut id);
+        if let Ok(v) = HeaderValue::from_bytes(&id) {
+            headers.insert(X_REQUEST_ID.clone(), v);
+        }
+    }
+    parts.version = Version::HTTP_11;
+    host
+}
+
+pub(crate) fn error(status: StatusCode, text: impl Into<bytes::Bytes>) -> Response<ResponseBody> {
+    let mut resp = Response::new(ResponseBody::full(text));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(headers: &[(&str, &str)]) -> request::Parts {
+        let mut b = Request::get("http://example.com/a?b=1");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_listed_headers() {
+        let mut p = parts(&[
+            ("connection", "keep-alive, x-secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "1"),
+            ("te", "gzip"),
+            ("x-kept", "yes"),
+        ]);
+        strip_hop_by_hop(&mut p.headers);
+        for gone in ["connection", "keep-alive", "x-secret", "te"] {
+            assert!(!p.headers.contains_key(gone), "{gone}");
+        }
+        assert!(p.headers.contains_key("x-kept"));
+        let mut p = parts(&[("te", "trailers")]);
+        strip_hop_by_hop(&mut p.headers);
+        assert!(p.headers.contains_key("te"), "TE: trailers is end to end");
+    }
+
+    #[test]
+    fn adds_forwarding_headers_and_keeps_a_request_id() {
+        let ids = RequestIds::new();
+        let peer = Peer::new("10.1.2.3:5555".parse().unwrap());
+        let mut p = parts(&[("host", "app.example"), ("x-forwarded-for", "1.1.1.1")]);
+        let host = prepare_headers(&mut p, &peer, &ids);
+        assert_eq!(host.unwrap(), "app.example");
+        assert_eq!(p.headers["x-forwarded-for"], "1.1.1.1, 10.1.2.3");
+        assert_eq!(p.headers["x-forwarded-proto"], "http");
+        assert_eq!(p.headers["x-forwarded-host"], "app.example");
+        assert!(p.headers.contains_key("x-request-id"));
+        let mut p = parts(&[("x-request-id", "abc")]);
+        prepare_headers(&mut p, &peer, &ids);
+        assert_eq!(p.headers["x-request-id"], "abc");
+    }
+
+    #[test]
+    fn http2_authority_becomes_host() {
+        let ids = RequestIds::new();
+        let mut p = parts(&[]);
+        let host = prepare_headers(&mut p, &Peer::new("127.0.0.1:1".parse().unwrap()), &ids);
+        assert_eq!(host.unwrap(), "example.com");
+        assert_eq!(p.version, Version::HTTP_11);
+    }
+}
