@@ -7,6 +7,7 @@
 //! connection-specific fields never reach the client.
 
 use std::pin::pin;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -38,7 +39,12 @@ enum Failed {
     Upstream(String),
     /// The client's request body broke off.
     Client(String),
+    /// No answer within the response timeout of the request's end.
+    TimedOut,
 }
+
+/// A deadline that does not come.
+const FAR: Duration = Duration::from_secs(86_400 * 365);
 
 impl Forwarder {
     /// Serves one HTTP/2 client request.
@@ -75,20 +81,25 @@ impl Forwarder {
                     continue;
                 }
             };
-            let sent = send(&mut upstream, &out, &mut body, framing, head_method);
-            match tokio::time::timeout(self.timeouts.response, sent).await {
-                Ok(Ok((resp, buf, request_done))) => {
+            let request = Outgoing {
+                head: &out,
+                body: &mut body,
+                framing,
+                head_method,
+            };
+            match send(&mut upstream, request, self.timeouts.response).await {
+                Ok((resp, buf, request_done)) => {
                     return self.respond(upstream, resp, buf, request_done, hold)
                 }
-                Ok(Err(Failed::Unanswered(e))) if upstream.reused && replayable => {
+                Err(Failed::Unanswered(e)) if upstream.reused && replayable => {
                     tracing::debug!(target = %addr, error = %e, "reused connection dropped; sending again");
                     last_error = e;
                 }
-                Ok(Err(Failed::Unanswered(e) | Failed::Upstream(e) | Failed::Client(e))) => {
+                Err(Failed::Unanswered(e) | Failed::Upstream(e) | Failed::Client(e)) => {
                     last_error = e;
                     break;
                 }
-                Err(_) => {
+                Err(Failed::TimedOut) => {
                     return error(
                         StatusCode::GATEWAY_TIMEOUT,
                         "baton: the target did not answer in time\n",
@@ -124,16 +135,29 @@ impl Forwarder {
     }
 }
 
-/// Writes the request and reads the response head, the request body
-/// streaming meanwhile. Returns the head, what was read past it, and whether
-/// the whole request body went out.
-async fn send(
-    upstream: &mut Upstream,
-    head: &[u8],
-    body: &mut Incoming,
+/// A request as it goes to the target.
+struct Outgoing<'a> {
+    head: &'a [u8],
+    body: &'a mut Incoming,
     framing: Framing,
     head_method: bool,
+}
+
+/// Writes the request and reads the response head, the request body
+/// streaming meanwhile; the response timeout runs from the body's end.
+/// Returns the head, what was read past it, and whether the whole request
+/// body went out.
+async fn send(
+    upstream: &mut Upstream,
+    req: Outgoing<'_>,
+    timeout: Duration,
 ) -> Result<(ResponseParts, BytesMut, bool), Failed> {
+    let Outgoing {
+        head,
+        body,
+        framing,
+        head_method,
+    } = req;
     if let Err(e) = upstream.stream.write_all(head).await {
         return Err(Failed::Unanswered(format!("writing the request: {e}")));
     }
@@ -144,6 +168,7 @@ async fn send(
     let resp = {
         let mut read = pin!(read_response_head(&mut from, &mut buf, head_method));
         let mut copy = pin!(copy_request_body(body, &mut to, framing));
+        let mut deadline = pin!(tokio::time::sleep(if copying { FAR } else { timeout }));
         loop {
             tokio::select! {
                 copied = &mut copy, if copying => {
@@ -154,8 +179,10 @@ async fn send(
                         // The target stopped reading: its answer may say why.
                         Err(_) => {}
                     }
+                    deadline.as_mut().reset(tokio::time::Instant::now() + timeout);
                 }
                 resp = &mut read => break resp?,
+                _ = &mut deadline => return Err(Failed::TimedOut),
             }
         }
     };

@@ -5,8 +5,9 @@
 //! - [`target`]: targets and pools, with the in-flight counts drains rely on.
 //! - [`health_check`]: the proxy's own health checks, which gate the switch.
 //! - [`drain`]: waiting for an old release's requests and WebSockets.
-//! - `server`: listeners; [`http1`] is the HTTP/1.1 request path, `forward`
-//!   the HTTP/2 one, `tunnel` relays upgraded connections.
+//! - `server`: listeners. `http1` is the request path (HTTP/1.1 from client
+//!   to target), `http2` puts HTTP/2 clients on it, `forward` holds what
+//!   both share, `tunnel` relays upgraded connections.
 
 mod body;
 pub mod drain;

@@ -23,9 +23,13 @@ async fn proxy_to(target: SocketAddr) -> (Proxy, SocketAddr) {
 }
 
 async fn proxy_with_idle_timeout(target: SocketAddr, idle: Duration) -> (Proxy, SocketAddr) {
+    proxy_with(target, Duration::from_secs(5), idle).await
+}
+
+async fn proxy_with(target: SocketAddr, response: Duration, idle: Duration) -> (Proxy, SocketAddr) {
     let timeouts = Timeouts {
         connect: Duration::from_secs(2),
-        response: Duration::from_secs(5),
+        response,
         idle,
     };
     let proxy = Proxy::new(timeouts, 1).unwrap();
@@ -346,4 +350,37 @@ async fn http2_clients_reach_http11_targets_over_the_same_pool() {
         1,
         "both requests went over one pooled connection"
     );
+}
+
+#[tokio::test]
+async fn an_http2_request_the_target_never_answers_is_a_504_in_time() {
+    use bytes::Bytes;
+    use http_body_util::Empty;
+
+    let (target, _) = backend(|mut conn| async move {
+        // Reads the request and says nothing, for longer than the timeout.
+        let _ = read_request(&mut conn).await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    })
+    .await;
+    let timeout = Duration::from_millis(500);
+    let (_proxy, addr) = proxy_with(target, timeout, Duration::from_secs(30)).await;
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut h2, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let started = std::time::Instant::now();
+    let req = hyper::Request::get("http://app.test/")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = tokio::time::timeout(ANSWER, h2.send_request(req))
+        .await
+        .expect("answered in time")
+        .unwrap();
+    assert_eq!(resp.status(), 504);
+    assert!(started.elapsed() >= timeout, "504 before the timeout");
 }
