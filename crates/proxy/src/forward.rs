@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::forwarded::RequestIds;
-use crate::http1::{Connections, IdleClients};
+use crate::http1::{Connections, IdleClients, Upstream};
 use crate::router::{pick_from, NoRoute, Router};
 use crate::target::{InFlight, Pool};
 
@@ -48,6 +48,15 @@ pub(crate) struct Forwarder {
     pub(crate) request_ids: RequestIds,
 }
 
+/// How an attempt to reach a request's target went.
+pub(crate) enum Reached {
+    Yes(Upstream),
+    /// Unreachable; the hold moved to another target of the same pool.
+    Moved(String),
+    /// Unreachable, and no other target to try.
+    No(String),
+}
+
 impl Forwarder {
     pub(crate) fn new(timeouts: Timeouts) -> Self {
         Self {
@@ -55,6 +64,25 @@ impl Forwarder {
             idle_clients: Arc::new(IdleClients::new(timeouts.idle)),
             timeouts,
             request_ids: RequestIds::new(),
+        }
+    }
+
+    /// A connection to the hold's target; when that cannot be reached, the
+    /// hold moves to another target of the same pool for the next attempt.
+    pub(crate) async fn reach(&self, hold: &mut InFlight) -> Reached {
+        let addr = hold.target().addr();
+        match self.connections.get(addr).await {
+            Ok(upstream) => Reached::Yes(upstream),
+            Err(e) => {
+                tracing::debug!(target = %addr, error = %e, "upstream unreachable");
+                match hold.another() {
+                    Some(next) => {
+                        *hold = next;
+                        Reached::Moved(e)
+                    }
+                    None => Reached::No(e),
+                }
+            }
         }
     }
 

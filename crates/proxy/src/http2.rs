@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::body::{ResponseBody, TargetBody};
-use crate::forward::{Forwarder, Routing};
+use crate::forward::{Forwarder, Reached, Routing};
 use crate::forwarded::{Peer, RequestIds};
 use crate::http1::{parse_response_parts, Framing, Remaining, ResponseParts, Upstream};
 use crate::target::InFlight;
@@ -69,16 +69,15 @@ impl Forwarder {
         let mut last_error = String::new();
         for _ in 0..ATTEMPTS {
             let addr = hold.target().addr();
-            let mut upstream = match self.connections.get(addr).await {
-                Ok(u) => u,
-                Err(e) => {
-                    tracing::debug!(target = %addr, error = %e, "upstream unreachable");
+            let mut upstream = match self.reach(&mut hold).await {
+                Reached::Yes(upstream) => upstream,
+                Reached::Moved(e) => {
                     last_error = e;
-                    match hold.another() {
-                        Some(next) => hold = next,
-                        None => break,
-                    }
                     continue;
+                }
+                Reached::No(e) => {
+                    last_error = e;
+                    break;
                 }
             };
             let request = Outgoing {

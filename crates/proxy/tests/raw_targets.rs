@@ -243,6 +243,24 @@ async fn idle_clients_are_closed_after_the_idle_timeout_and_busy_ones_are_not() 
     closed_within(&mut silent, ANSWER).await;
 }
 
+/// An HTTP/2 (prior knowledge) connection to the proxy.
+async fn h2_client<B>(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<B>
+where
+    B: hyper::body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (h2, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    h2
+}
+
 /// Reads one request, head and body (by length or chunked), as raw bytes.
 async fn read_raw_request(conn: &mut TcpStream) -> Option<Vec<u8>> {
     let mut seen = Vec::new();
@@ -294,14 +312,7 @@ async fn http2_clients_reach_http11_targets_over_the_same_pool() {
     })
     .await;
     let (_proxy, addr) = proxy_to(target).await;
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut h2, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut h2 = h2_client(addr).await;
 
     type Sent = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
     async fn seen_by_target(
@@ -365,14 +376,7 @@ async fn an_http2_request_the_target_never_answers_is_a_504_in_time() {
     .await;
     let timeout = Duration::from_millis(500);
     let (_proxy, addr) = proxy_with(target, timeout, Duration::from_secs(30)).await;
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut h2, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut h2 = h2_client(addr).await;
     let started = std::time::Instant::now();
     let req = hyper::Request::get("http://app.test/")
         .body(Empty::<Bytes>::new())

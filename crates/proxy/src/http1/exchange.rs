@@ -20,7 +20,7 @@ use super::body::Remaining;
 use super::connections::Upstream;
 use super::head::{self, Request, Response};
 use super::Buffers;
-use crate::forward::{Forwarder, Routing};
+use crate::forward::{Forwarder, Reached, Routing};
 use crate::target::InFlight;
 use crate::tunnel;
 
@@ -85,16 +85,15 @@ impl Exchange<'_> {
         let mut last_error = String::new();
         for _ in 0..ATTEMPTS {
             let addr = hold.target().addr();
-            let mut upstream = match self.forwarder.connections.get(addr).await {
-                Ok(u) => u,
-                Err(e) => {
-                    tracing::debug!(target = %addr, error = %e, "upstream unreachable");
+            let mut upstream = match self.forwarder.reach(&mut hold).await {
+                Reached::Yes(upstream) => upstream,
+                Reached::Moved(e) => {
                     last_error = e;
-                    match hold.another() {
-                        Some(next) => hold = next,
-                        None => break,
-                    }
                     continue;
+                }
+                Reached::No(e) => {
+                    last_error = e;
+                    break;
                 }
             };
             match self.send(&mut upstream, &mut body).await {

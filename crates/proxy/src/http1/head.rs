@@ -111,10 +111,8 @@ pub(crate) fn parse_request(
 ) -> Result<Option<Request>, HeadError> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut fields);
-    let head_len = match req.parse(buf)? {
-        httparse::Status::Complete(n) => n,
-        httparse::Status::Partial if buf.len() >= MAX_HEAD => return Err(HeadError::TooLarge),
-        httparse::Status::Partial => return Ok(None),
+    let Some(head_len) = head_length(req.parse(buf), buf.len())? else {
+        return Ok(None);
     };
     let method = req.method.unwrap_or_default();
     let target = req.path.unwrap_or("/");
@@ -215,10 +213,8 @@ pub(crate) fn parse_response(
 ) -> Result<Option<Response>, HeadError> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut fields);
-    let head_len = match resp.parse(buf)? {
-        httparse::Status::Complete(n) => n,
-        httparse::Status::Partial if buf.len() >= MAX_HEAD => return Err(HeadError::TooLarge),
-        httparse::Status::Partial => return Ok(None),
+    let Some(head_len) = head_length(resp.parse(buf), buf.len())? else {
+        return Ok(None);
     };
     let status = resp.code.unwrap_or_default();
     let scan = Scan::of(resp.headers)?;
@@ -281,10 +277,8 @@ pub(crate) fn parse_response_parts(
 ) -> Result<Option<ResponseParts>, HeadError> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut fields);
-    let head_len = match resp.parse(buf)? {
-        httparse::Status::Complete(n) => n,
-        httparse::Status::Partial if buf.len() >= MAX_HEAD => return Err(HeadError::TooLarge),
-        httparse::Status::Partial => return Ok(None),
+    let Some(head_len) = head_length(resp.parse(buf), buf.len())? else {
+        return Ok(None);
     };
     let code = resp.code.unwrap_or_default();
     let scan = Scan::of(resp.headers)?;
@@ -314,6 +308,18 @@ pub(crate) fn parse_response_parts(
         head,
         framing,
     }))
+}
+
+/// The head's length once it is complete; `None` while more may come.
+fn head_length(
+    parsed: httparse::Result<usize>,
+    buffered: usize,
+) -> Result<Option<usize>, HeadError> {
+    match parsed? {
+        httparse::Status::Complete(n) => Ok(Some(n)),
+        httparse::Status::Partial if buffered >= MAX_HEAD => Err(HeadError::TooLarge),
+        httparse::Status::Partial => Ok(None),
+    }
 }
 
 /// How a response's body is delimited (RFC 9112 §6.3).
