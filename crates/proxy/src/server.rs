@@ -40,7 +40,7 @@ impl Listener {
             match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    tokio::spawn(http1::serve(this.clone(), stream, Peer::new(peer)));
+                    http1::start(this.clone(), stream, Peer::new(peer));
                 }
                 Err(e) => {
                     // Out of file descriptors, typically: back off instead of spinning.

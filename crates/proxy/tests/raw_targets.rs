@@ -388,3 +388,30 @@ async fn an_http2_request_the_target_never_answers_is_a_504_in_time() {
     assert_eq!(resp.status(), 504);
     assert!(started.elapsed() >= timeout, "504 before the timeout");
 }
+
+#[tokio::test]
+async fn many_idle_connections_are_parked_and_still_served_and_timed_out() {
+    // More connections than a worker keeps as tasks while idle (256): the
+    // idle ones are parked, woken by their next request.
+    const CONNECTIONS: usize = 300;
+    let idle = Duration::from_secs(3);
+    let (_proxy, addr) = proxy_with_idle_timeout(ok_backend().await, idle).await;
+    let get = "GET / HTTP/1.1\r\nhost: a\r\n\r\n";
+    let mut clients = Vec::with_capacity(CONNECTIONS);
+    for _ in 0..CONNECTIONS {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        assert!(exchange(&mut c, get).await.starts_with("HTTP/1.1 200"));
+        clients.push(c);
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        let answer = exchange(c, get).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "connection {i}: {answer}"
+        );
+    }
+    // Parked or not, each is closed once idle for the timeout.
+    for c in &mut clients {
+        closed_within(c, idle + ANSWER).await;
+    }
+}

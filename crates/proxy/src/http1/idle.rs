@@ -5,7 +5,7 @@
 //! timer is the largest thing its task would hold. Each connection takes a
 //! slot here for its lifetime and marks itself idle while it waits for a
 //! request; the sweep shuts down (`shutdown(2)`) the sockets idle for too
-//! long, which wakes their tasks with end of file, and they close. A slot is
+//! long, which wakes them with end of file, and they close. A slot is
 //! released before its socket is closed, under the same lock the sweep takes,
 //! so the sweep never touches a descriptor the kernel has handed out again.
 
@@ -35,9 +35,15 @@ struct Slot {
     idle_since: Option<Instant>,
 }
 
+/// A worker with more client connections than this parks its idle ones
+/// (see `http1::Conn::park`): no task each, at the price of a spawn per
+/// request. Below it, idle connections keep their task, the fastest way.
+const PARK_ABOVE: usize = 256;
+
 /// A connection's slot; released when dropped.
-pub(crate) struct Registration<'a> {
-    clients: &'a IdleClients,
+#[derive(Debug)]
+pub(crate) struct IdleSlot {
+    clients: Arc<IdleClients>,
     key: usize,
 }
 
@@ -50,7 +56,7 @@ impl IdleClients {
     }
 
     /// Takes a slot for `client`, idle from now.
-    pub(crate) fn register(&self, client: &TcpStream) -> Registration<'_> {
+    pub(crate) fn register(self: &Arc<Self>, client: &TcpStream) -> IdleSlot {
         let slot = Slot {
             fd: client.as_raw_fd(),
             idle_since: Some(Instant::now()),
@@ -66,7 +72,10 @@ impl IdleClients {
                 slots.entries.len() - 1
             }
         };
-        Registration { clients: self, key }
+        IdleSlot {
+            clients: self.clone(),
+            key,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Slots> {
@@ -99,23 +108,22 @@ impl IdleClients {
     }
 }
 
-impl Registration<'_> {
-    /// The connection waits for its next request.
-    pub(crate) fn idle(&self) {
-        self.set(Some(Instant::now()));
+impl IdleSlot {
+    /// The connection waits for its next request. Returns true when the
+    /// worker holds so many connections that idle ones should be parked.
+    pub(crate) fn idle(&self) -> bool {
+        let mut slots = self.clients.lock();
+        slots.entries[self.key].idle_since = Some(Instant::now());
+        slots.entries.len() - slots.free.len() > PARK_ABOVE
     }
 
     /// The connection serves a request: the timeout does not apply.
     pub(crate) fn busy(&self) {
-        self.set(None);
-    }
-
-    fn set(&self, idle_since: Option<Instant>) {
-        self.clients.lock().entries[self.key].idle_since = idle_since;
+        self.clients.lock().entries[self.key].idle_since = None;
     }
 }
 
-impl Drop for Registration<'_> {
+impl Drop for IdleSlot {
     fn drop(&mut self) {
         let mut slots = self.clients.lock();
         slots.entries[self.key].idle_since = None;

@@ -29,8 +29,10 @@ pub(crate) use body::Remaining;
 pub(crate) use connections::{Connections, Upstream};
 pub(crate) use head::{parse_response_parts, Framing, ResponseParts};
 pub(crate) use idle::IdleClients;
+use idle::IdleSlot;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
 
 use crate::forward::{Forwarder, Routing};
 use crate::forwarded::Peer;
@@ -52,46 +54,112 @@ pub(crate) struct Buffers {
     out: Vec<u8>,
 }
 
-/// Serves HTTP/1.1 requests on a client connection until it closes; hands
-/// it to HTTP/2 if it opens with that preface. This is the connection's task:
-/// what it holds while idle is what an idle connection costs.
-pub(crate) async fn serve(listener: Arc<Listener>, mut client: TcpStream, peer: Peer) {
-    let (forwarder, routing) = (&*listener.forwarder, &listener.routing);
-    // Released before the socket closes (locals drop before arguments).
-    let idle = forwarder.idle_clients.register(&client);
-    // Bytes of the next request read ahead with the last one (pipelining).
-    let mut read_ahead = BytesMut::new();
-    let mut first = true;
-    loop {
-        if read_ahead.is_empty() {
-            // Idle: the task holds the socket and little else; the worker's
-            // sweep enforces the idle timeout.
-            idle.idle();
-            let readable = std::future::poll_fn(|cx| client.poll_read_ready(cx)).await;
-            idle.busy();
-            if readable.is_err() {
-                return;
+/// A client connection between two requests: all it holds while idle.
+pub(crate) struct Conn {
+    // Fields drop in order: the idle slot goes before the socket closes, so
+    // the sweep never shuts down a descriptor the kernel has handed out again.
+    idle: IdleSlot,
+    client: TcpStream,
+    listener: Arc<Listener>,
+    peer: Peer,
+}
+
+/// Serves a new client connection on the current worker.
+pub(crate) fn start(listener: Arc<Listener>, client: TcpStream, peer: Peer) {
+    let idle = listener.forwarder.idle_clients.register(&client);
+    let conn = Conn {
+        idle,
+        client,
+        listener,
+        peer,
+    };
+    tokio::spawn(conn.serve(true));
+}
+
+impl Conn {
+    /// Serves HTTP/1.1 requests until the connection closes, is parked, or
+    /// turns out to speak HTTP/2. This is the connection's task: what it
+    /// holds while idle is what an idle connection costs.
+    async fn serve(mut self, mut first: bool) {
+        // Bytes of the next request read ahead with the last one (pipelining).
+        let mut read_ahead = BytesMut::new();
+        loop {
+            if read_ahead.is_empty() {
+                // Idle: the worker's sweep enforces the idle timeout.
+                if self.idle.idle() {
+                    match self.park() {
+                        Some(back) => self = back,
+                        None => return,
+                    }
+                }
+                let readable = std::future::poll_fn(|cx| self.client.poll_read_ready(cx)).await;
+                self.idle.busy();
+                if readable.is_err() {
+                    return;
+                }
+            }
+            // Boxed: a request's state (buffers, both connections' futures)
+            // lives only while the request does, not in every idle task.
+            let next = Box::pin(one_request(
+                &self.listener.forwarder,
+                &self.listener.routing,
+                &self.peer,
+                &mut self.client,
+                &mut read_ahead,
+                first,
+            ));
+            match next.await {
+                Next::KeepAlive => first = false,
+                Next::Closed => return,
+                Next::Http2 => break,
             }
         }
-        // Boxed: a request's state (buffers, both connections' futures)
-        // lives only while the request does, not in every idle task.
-        let next = Box::pin(one_request(
-            forwarder,
-            routing,
-            &peer,
-            &mut client,
-            &mut read_ahead,
-            first,
-        ));
-        match next.await {
-            Next::KeepAlive => first = false,
-            Next::Closed => return,
-            Next::Http2 => break,
+        let Conn {
+            idle,
+            client,
+            listener,
+            peer,
+        } = self;
+        drop(idle);
+        // Boxed: HTTP/2's state would otherwise sit in every connection's task.
+        Box::pin(listener.serve_http2(client, read_ahead, peer)).await;
+    }
+
+    /// Leaves the connection to its socket's readiness, with no task: the
+    /// next request's bytes (or the idle sweep's shutdown) wake it into a new
+    /// one. Returns it when a request is already there.
+    fn park(self) -> Option<Self> {
+        let parked = Arc::new(Parked(Mutex::new(Some(self))));
+        let waker = Waker::from(parked.clone());
+        let mut slot = parked.0.lock().unwrap_or_else(|e| e.into_inner());
+        let readiness = slot.as_ref().map(|conn| {
+            conn.client
+                .poll_read_ready(&mut Context::from_waker(&waker))
+        });
+        match readiness {
+            // The runtime holds the waker, and the waker holds the connection.
+            Some(Poll::Pending) => None,
+            _ => slot.take(),
         }
     }
-    drop(idle);
-    // Boxed: HTTP/2's state would otherwise sit in every connection's task.
-    Box::pin(listener.serve_http2(client, read_ahead, peer)).await;
+}
+
+/// A parked connection, woken into a task of its own.
+struct Parked(Mutex<Option<Conn>>);
+
+impl Wake for Parked {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let conn = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        // Woken by the worker's I/O driver, within its runtime; a runtime
+        // shutting down just drops the connection.
+        if let (Some(conn), Ok(runtime)) = (conn, tokio::runtime::Handle::try_current()) {
+            runtime.spawn(conn.serve(false));
+        }
+    }
 }
 
 enum Next {
