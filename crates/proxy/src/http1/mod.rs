@@ -5,12 +5,15 @@
 //! untouched. Doing just that, in the connection's own task, costs a fraction
 //! of a general-purpose server and client stacked back to back (header maps,
 //! a task and channel per upstream connection, a timer per request), and an
-//! idle connection holds no buffer at all.
+//! idle connection holds no buffer, no timer, and on a busy worker no task.
 //!
 //! - `head`: parse and rewrite request and response heads.
 //! - `chunked`, `body`: where bodies end, and streaming them through.
 //! - `connections`: the worker's idle connections to targets.
 //! - `exchange`: one request, from pick to last byte; upgrades become a tunnel.
+//! - `idle`: the client idle timeout, one sweep per worker.
+//! - here: a client connection's life ([`Conn`]), parked between requests
+//!   when the worker holds many.
 //!
 //! HTTP/2 clients are recognised by their preface and handed to hyper.
 
@@ -21,6 +24,9 @@ mod exchange;
 mod head;
 mod idle;
 
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
+
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
@@ -30,9 +36,6 @@ pub(crate) use connections::{Connections, Upstream};
 pub(crate) use head::{parse_response_parts, Framing, ResponseParts};
 pub(crate) use idle::IdleClients;
 use idle::IdleSlot;
-
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Wake, Waker};
 
 use crate::forward::{Forwarder, Routing};
 use crate::forwarded::Peer;
