@@ -65,6 +65,8 @@ pub(crate) struct Conn {
     client: TcpStream,
     listener: Arc<Listener>,
     peer: Peer,
+    /// No request was read yet (so it may still open with HTTP/2's preface).
+    first: bool,
 }
 
 /// Serves a new client connection on the current worker.
@@ -75,15 +77,16 @@ pub(crate) fn start(listener: Arc<Listener>, client: TcpStream, peer: Peer) {
         client,
         listener,
         peer,
+        first: true,
     };
-    tokio::spawn(conn.serve(true));
+    tokio::spawn(conn.serve());
 }
 
 impl Conn {
     /// Serves HTTP/1.1 requests until the connection closes, is parked, or
     /// turns out to speak HTTP/2. This is the connection's task: what it
     /// holds while idle is what an idle connection costs.
-    async fn serve(mut self, mut first: bool) {
+    async fn serve(mut self) {
         // Bytes of the next request read ahead with the last one (pipelining).
         let mut read_ahead = BytesMut::new();
         loop {
@@ -109,10 +112,10 @@ impl Conn {
                 &self.peer,
                 &mut self.client,
                 &mut read_ahead,
-                first,
+                self.first,
             ));
             match next.await {
-                Next::KeepAlive => first = false,
+                Next::KeepAlive => self.first = false,
                 Next::Closed => return,
                 Next::Http2 => break,
             }
@@ -122,6 +125,7 @@ impl Conn {
             client,
             listener,
             peer,
+            ..
         } = self;
         drop(idle);
         // Boxed: HTTP/2's state would otherwise sit in every connection's task.
@@ -160,7 +164,7 @@ impl Wake for Parked {
         // Woken by the worker's I/O driver, within its runtime; a runtime
         // shutting down just drops the connection.
         if let (Some(conn), Ok(runtime)) = (conn, tokio::runtime::Handle::try_current()) {
-            runtime.spawn(conn.serve(false));
+            runtime.spawn(conn.serve());
         }
     }
 }
