@@ -10,6 +10,12 @@ use crate::http1::{Connections, IdleClients, Upstream};
 use crate::router::{pick_from, NoRoute, Router};
 use crate::target::{InFlight, Pool};
 
+/// Targets tried per request: the first, and others while nothing was sent.
+pub(crate) const ATTEMPTS: usize = 3;
+
+/// A deadline that does not come (a timer not armed yet).
+pub(crate) const FAR: Duration = Duration::from_secs(86_400 * 365);
+
 /// How a listener finds the pool for a request.
 #[derive(Debug, Clone)]
 pub(crate) enum Routing {

@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::body::{ResponseBody, TargetBody};
-use crate::forward::{Forwarder, Reached, Routing};
+use crate::forward::{Forwarder, Reached, Routing, ATTEMPTS, FAR};
 use crate::forwarded::{Peer, RequestIds};
 use crate::http1::{parse_response_parts, Framing, Remaining, ResponseParts, Upstream};
 use crate::target::InFlight;
@@ -29,9 +29,6 @@ static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// Targets tried per request: the first, and others while nothing was sent.
-const ATTEMPTS: usize = 3;
-
 /// Why a request got no response.
 enum Failed {
     /// The target closed the connection before answering anything.
@@ -42,9 +39,6 @@ enum Failed {
     /// No answer within the response timeout of the request's end.
     TimedOut,
 }
-
-/// A deadline that does not come.
-const FAR: Duration = Duration::from_secs(86_400 * 365);
 
 impl Forwarder {
     /// Serves one HTTP/2 client request.

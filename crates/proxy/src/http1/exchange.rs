@@ -20,12 +20,9 @@ use super::body::Remaining;
 use super::connections::Upstream;
 use super::head::{self, Request, Response};
 use super::Buffers;
-use crate::forward::{Forwarder, Reached, Routing};
+use crate::forward::{Forwarder, Reached, Routing, ATTEMPTS, FAR};
 use crate::target::InFlight;
 use crate::tunnel;
-
-/// Targets tried per request: the first, and others while nothing was sent.
-const ATTEMPTS: usize = 3;
 
 /// What the client connection does after an exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,9 +44,6 @@ enum Failed {
     /// is left is to close.
     Broken,
 }
-
-/// A deadline that does not come.
-const FAR: Duration = Duration::from_secs(86_400 * 365);
 
 /// One request on a client connection.
 pub(super) struct Exchange<'a> {
