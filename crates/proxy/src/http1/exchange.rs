@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use super::body::Remaining;
 use super::connections::Upstream;
-use super::head::{self, Request, Response};
+use super::head::{self, Framing, Request, Response};
 use super::Buffers;
 use crate::forward::{Forwarder, Reached, Routing, ATTEMPTS, FAR};
 use crate::target::InFlight;
@@ -229,7 +229,7 @@ impl Exchange<'_> {
     /// Answers with baton's own response. The connection stays open only if
     /// the request had no body left unread.
     async fn reply(self, status: u16, text: &str) -> After {
-        let unread = self.req.framing != head::Framing::Empty;
+        let unread = self.req.framing != Framing::Empty;
         self.reply_closing(status, text, unread).await
     }
 
@@ -242,6 +242,9 @@ impl Exchange<'_> {
         After::KeepAlive
     }
 }
+
+/// Bodies up to this size go to the client in the same write as their head.
+const COALESCE: u64 = 16 * 1024;
 
 /// The response's way from the target to the client.
 struct ResponseLeg<'a, R, W> {
@@ -275,6 +278,19 @@ where
     leg.buf.advance(resp.head_len);
     if resp.status == 101 {
         return Ok(resp);
+    }
+    if let Framing::Length(n) = resp.framing {
+        // A small body often trails its head by microseconds (a separate
+        // write on the target's side): waiting for it sends both in one
+        // write and one segment instead of two of each.
+        while n <= COALESCE && (leg.buf.len() as u64) < n {
+            leg.buf.reserve(n as usize - leg.buf.len());
+            match tokio::time::timeout(stall, leg.from.read_buf(leg.buf)).await {
+                Ok(Ok(read)) if read > 0 => {}
+                // The relay below reports what went wrong.
+                _ => break,
+            }
+        }
     }
     let mut body = Remaining::new(resp.framing);
     if body.take_into(leg.buf, leg.out).is_err() {
