@@ -6,7 +6,7 @@
 //! of version: `:authority` becomes `Host`, split `Cookie` fields are joined,
 //! connection-specific fields never reach the client.
 
-use std::pin::pin;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -14,12 +14,16 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{request, Method, Request, Response, StatusCode, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use crate::body::{ResponseBody, TargetBody};
-use crate::forward::{Forwarder, Reached, Routing, ATTEMPTS, FAR};
+use crate::forward::{
+    body_and_answer, read_head_more, Attempts, Failed, Forwarder, Progress, Routing,
+};
 use crate::forwarded::{Peer, RequestIds};
-use crate::http1::{parse_response_parts, Framing, Remaining, ResponseParts, Upstream};
+use crate::http1::{
+    is_idempotent, parse_response_parts, Framing, Remaining, ResponseParts, Upstream,
+};
 use crate::target::InFlight;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -28,17 +32,6 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-
-/// Why a request got no response.
-enum Failed {
-    /// The target closed the connection before answering anything.
-    Unanswered(String),
-    Upstream(String),
-    /// The client's request body broke off.
-    Client(String),
-    /// No answer within the response timeout of the request's end.
-    TimedOut,
-}
 
 impl Forwarder {
     /// Serves one HTTP/2 client request.
@@ -53,27 +46,15 @@ impl Forwarder {
         let framing = request_framing(&parts, &body);
         let mut out = Vec::with_capacity(1024);
         write_request_head(&parts, framing, &mut out);
-        let mut hold = match pick(routing, host.as_ref()) {
+        let hold = match pick(routing, host.as_ref()) {
             Ok(hold) => hold,
             Err(resp) => return resp,
         };
         let head_method = parts.method == Method::HEAD;
-        let replayable = framing == Framing::Empty && is_idempotent(&parts.method);
+        let replayable = framing == Framing::Empty && is_idempotent(parts.method.as_str());
 
-        let mut last_error = String::new();
-        for _ in 0..ATTEMPTS {
-            let addr = hold.target().addr();
-            let mut upstream = match self.reach(&mut hold).await {
-                Reached::Yes(upstream) => upstream,
-                Reached::Moved(e) => {
-                    last_error = e;
-                    continue;
-                }
-                Reached::No(e) => {
-                    last_error = e;
-                    break;
-                }
-            };
+        let mut attempts = Attempts::new(hold);
+        while let Some(mut upstream) = attempts.next(self).await {
             let request = Outgoing {
                 head: &out,
                 body: &mut body,
@@ -82,27 +63,26 @@ impl Forwarder {
             };
             match send(&mut upstream, request, self.timeouts.response).await {
                 Ok((resp, buf, request_done)) => {
-                    return self.respond(upstream, resp, buf, request_done, hold)
+                    let hold = attempts.into_hold();
+                    return self.respond(upstream, resp, buf, request_done, hold);
                 }
-                Err(Failed::Unanswered(e)) if upstream.reused && replayable => {
-                    tracing::debug!(target = %addr, error = %e, "reused connection dropped; sending again");
-                    last_error = e;
-                }
-                Err(Failed::Unanswered(e) | Failed::Upstream(e) | Failed::Client(e)) => {
-                    last_error = e;
-                    break;
-                }
+                // Dropped unanswered on a reused connection: send it again.
+                Err(Failed::Unanswered(e)) if upstream.reused && replayable => attempts.failed(e),
                 Err(Failed::TimedOut) => {
                     return error(
                         StatusCode::GATEWAY_TIMEOUT,
                         "baton: the target did not answer in time\n",
                     )
                 }
+                Err(e) => {
+                    attempts.failed(e.to_string());
+                    break;
+                }
             }
         }
         error(
             StatusCode::BAD_GATEWAY,
-            format!("baton: upstream error: {last_error}\n"),
+            format!("baton: upstream error: {}\n", attempts.last_error),
         )
     }
 
@@ -156,30 +136,14 @@ async fn send(
     }
     let (mut from, mut to) = upstream.stream.split();
     let mut buf = BytesMut::with_capacity(4096);
-    let mut copying = framing != Framing::Empty;
-    let mut request_done = !copying;
-    let resp = {
-        let mut read = pin!(read_response_head(&mut from, &mut buf, head_method));
-        let mut copy = pin!(copy_request_body(body, &mut to, framing));
-        let mut deadline = pin!(tokio::time::sleep(if copying { FAR } else { timeout }));
-        loop {
-            tokio::select! {
-                copied = &mut copy, if copying => {
-                    copying = false;
-                    match copied {
-                        Ok(()) => request_done = true,
-                        Err(e @ Failed::Client(_)) => return Err(e),
-                        // The target stopped reading: its answer may say why.
-                        Err(_) => {}
-                    }
-                    deadline.as_mut().reset(tokio::time::Instant::now() + timeout);
-                }
-                resp = &mut read => break resp?,
-                _ = &mut deadline => return Err(Failed::TimedOut),
-            }
-        }
-    };
-    Ok((resp, buf, request_done))
+    let progress = Progress::default();
+    progress
+        .request_done
+        .store(framing == Framing::Empty, Relaxed);
+    let copy = copy_request_body(body, &mut to, framing);
+    let answer = read_response_head(&mut from, &mut buf, head_method);
+    let resp = body_and_answer(&progress, copy, answer, timeout).await?;
+    Ok((resp, buf, progress.request_done.load(Relaxed)))
 }
 
 /// Streams the client's body to the target, chunked unless its length is known.
@@ -195,7 +159,7 @@ where
     let write_failed =
         |e: std::io::Error| Failed::Upstream(format!("writing the request body: {e}"));
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| Failed::Client(format!("client request body: {e}")))?;
+        let frame = frame.map_err(|e| Failed::Client(format!("request body: {e}")))?;
         let Ok(data) = frame.into_data() else {
             continue; // trailers: not carried over HTTP/1.1 here
         };
@@ -246,17 +210,7 @@ where
                 Err(e) => return Err(Failed::Upstream(format!("invalid response: {e}"))),
             }
         }
-        buf.reserve(4096);
-        let reason = match from.read_buf(buf).await {
-            Ok(0) => "closed the connection".to_string(),
-            Err(e) => e.to_string(),
-            Ok(_) => continue,
-        };
-        return Err(if answered {
-            Failed::Upstream(format!("{reason} in the middle of the response head"))
-        } else {
-            Failed::Unanswered(format!("{reason} without answering"))
-        });
+        read_head_more(from, buf, answered).await?;
     }
 }
 
@@ -274,13 +228,6 @@ fn request_framing(parts: &request::Parts, body: &Incoming) -> Framing {
         Some(n) => Framing::Length(n),
         None => Framing::Chunked,
     }
-}
-
-fn is_idempotent(method: &Method) -> bool {
-    matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    )
 }
 
 /// The HTTP/1.1 head of the rewritten request.

@@ -7,20 +7,20 @@
 //! idempotent and whole in hand. Anything else becomes a 502, or a 504 when
 //! the target took longer than the response timeout.
 
-use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 
 use super::body::Remaining;
 use super::connections::Upstream;
 use super::head::{self, Framing, Request, Response};
 use super::Buffers;
-use crate::forward::{Forwarder, Reached, Routing, ATTEMPTS, FAR};
+use crate::forward::{
+    body_and_answer, read_head_more, Attempts, Failed, Forwarder, Progress, Routing,
+};
 use crate::target::InFlight;
 use crate::tunnel;
 
@@ -29,20 +29,6 @@ use crate::tunnel;
 pub(super) enum After {
     KeepAlive,
     Close,
-}
-
-/// Why a request got no response.
-enum Failed {
-    /// The target closed or reset the connection before answering anything.
-    Unanswered(String),
-    /// Anything else on the target's side.
-    Upstream(String),
-    TimedOut,
-    /// The client went away; nothing more to say to it.
-    Client,
-    /// The response broke off after its head went to the client: all that
-    /// is left is to close.
-    Broken,
 }
 
 /// One request on a client connection.
@@ -63,7 +49,7 @@ impl Exchange<'_> {
             .routing
             .pick(host.and_then(|h| std::str::from_utf8(h).ok()));
         self.bufs.client.advance(self.req.head_len);
-        let mut hold = match picked {
+        let hold = match picked {
             Ok(hold) => hold,
             Err(no) => return self.reply(no.status(), &format!("baton: {no}\n")).await,
         };
@@ -76,28 +62,17 @@ impl Exchange<'_> {
         }
         let replayable = self.req.idempotent && body.is_done();
 
-        let mut last_error = String::new();
-        for _ in 0..ATTEMPTS {
-            let addr = hold.target().addr();
-            let mut upstream = match self.forwarder.reach(&mut hold).await {
-                Reached::Yes(upstream) => upstream,
-                Reached::Moved(e) => {
-                    last_error = e;
-                    continue;
-                }
-                Reached::No(e) => {
-                    last_error = e;
-                    break;
-                }
-            };
+        let mut attempts = Attempts::new(hold);
+        while let Some(mut upstream) = attempts.next(self.forwarder).await {
             match self.send(&mut upstream, &mut body).await {
-                Ok(resp) => return self.finish(upstream, resp, body, hold).await,
-                Err(Failed::Unanswered(e)) if upstream.reused && replayable => {
-                    tracing::debug!(target = %addr, error = %e, "reused connection dropped; sending again");
-                    last_error = e;
+                Ok(resp) => {
+                    let hold = attempts.into_hold();
+                    return self.finish(upstream, resp, body, hold).await;
                 }
+                // Dropped unanswered on a reused connection: send it again.
+                Err(Failed::Unanswered(e)) if upstream.reused && replayable => attempts.failed(e),
                 Err(Failed::Unanswered(e) | Failed::Upstream(e)) => {
-                    last_error = e;
+                    attempts.failed(e);
                     break;
                 }
                 Err(Failed::TimedOut) => {
@@ -105,10 +80,10 @@ impl Exchange<'_> {
                         .reply(504, "baton: the target did not answer in time\n")
                         .await
                 }
-                Err(Failed::Client | Failed::Broken) => return After::Close,
+                Err(Failed::Client(_) | Failed::Broken) => return After::Close,
             }
         }
-        let text = format!("baton: upstream error: {last_error}\n");
+        let text = format!("baton: upstream error: {}\n", attempts.last_error);
         self.reply_closing(502, &text, !body.is_done()).await
     }
 
@@ -133,9 +108,26 @@ impl Exchange<'_> {
         upstream_buf.clear();
         let (mut upstream_read, mut upstream_write) = upstream.stream.split();
         let (mut client_read, mut client_write) = self.client.split();
-        let request_done = AtomicBool::new(body.is_done());
-        let answered = AtomicBool::new(false);
-        let mut response = pin!(relay_response(
+        let progress = Progress::default();
+        progress.request_done.store(body.is_done(), Relaxed);
+        let copy = async {
+            let copied = body
+                .relay(
+                    &mut client_read,
+                    &mut upstream_write,
+                    client_buf,
+                    timeouts.idle,
+                )
+                .await;
+            copied.map_err(|e| {
+                if e.by_reader() {
+                    Failed::Client(e.to_string())
+                } else {
+                    Failed::Upstream(e.to_string())
+                }
+            })
+        };
+        let answer = relay_response(
             ResponseLeg {
                 from: &mut upstream_read,
                 to: &mut client_write,
@@ -143,41 +135,10 @@ impl Exchange<'_> {
                 out,
             },
             &self.req,
-            &request_done,
-            &answered,
+            &progress,
             timeouts.response,
-        ));
-        let mut copying = !request_done.load(Relaxed);
-        let mut copy = pin!(body.relay(
-            &mut client_read,
-            &mut upstream_write,
-            client_buf,
-            timeouts.idle
-        ));
-        // The response timeout runs from the end of the request body.
-        let first_deadline = if copying { FAR } else { timeouts.response };
-        let mut deadline = pin!(tokio::time::sleep(first_deadline));
-        loop {
-            tokio::select! {
-                copied = &mut copy, if copying => {
-                    copying = false;
-                    match copied {
-                        Err(e) if e.by_reader() => return Err(Failed::Client),
-                        // The target stopped reading: its answer may say why.
-                        Err(e) => tracing::debug!(error = %e, "request body not taken"),
-                        Ok(()) => request_done.store(true, Relaxed),
-                    }
-                    deadline.as_mut().reset(Instant::now() + timeouts.response);
-                }
-                resp = &mut response => return resp,
-                _ = &mut deadline => {
-                    if !answered.load(Relaxed) {
-                        return Err(Failed::TimedOut);
-                    }
-                    deadline.as_mut().reset(Instant::now() + FAR);
-                }
-            }
-        }
+        );
+        body_and_answer(&progress, copy, answer, timeouts.response).await
     }
 
     /// Pools the target connection if it can carry another request, or hands
@@ -262,19 +223,23 @@ struct ResponseLeg<'a, R, W> {
 async fn relay_response<R, W>(
     leg: ResponseLeg<'_, R, W>,
     req: &Request,
-    request_done: &AtomicBool,
-    answered: &AtomicBool,
+    progress: &Progress,
     stall: Duration,
 ) -> Result<Response, Failed>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    // Answered before the whole request came: the rest of it may never be
-    // read, so the client connection cannot carry another request.
-    let keep_client = req.keep_alive && request_done.load(Relaxed);
-    let resp = read_response(leg.from, leg.buf, leg.to, req, keep_client, leg.out).await?;
-    answered.store(true, Relaxed);
+    let resp = read_response(
+        leg.from,
+        leg.buf,
+        leg.to,
+        req,
+        &progress.request_done,
+        leg.out,
+    )
+    .await?;
+    progress.answered.store(true, Relaxed);
     leg.buf.advance(resp.head_len);
     if resp.status == 101 {
         return Ok(resp);
@@ -299,7 +264,7 @@ where
     leg.to
         .write_all(leg.out)
         .await
-        .map_err(|_| Failed::Client)?;
+        .map_err(|e| Failed::Client(e.to_string()))?;
     if let Err(e) = body.relay(leg.from, leg.to, leg.buf, stall).await {
         tracing::debug!(error = %e, "response body relay ended early");
         return Err(Failed::Broken);
@@ -314,7 +279,7 @@ async fn read_response<R, W>(
     buf: &mut BytesMut,
     client: &mut W,
     req: &Request,
-    keep_client: bool,
+    request_done: &AtomicBool,
     out: &mut Vec<u8>,
 ) -> Result<Response, Failed>
 where
@@ -325,9 +290,15 @@ where
     loop {
         if !buf.is_empty() {
             answered = true;
+            // Answered before the whole request came: the rest of it may
+            // never be read, so the connection cannot carry another request.
+            let keep_client = req.keep_alive && request_done.load(Relaxed);
             match head::parse_response(buf, req, keep_client, out) {
                 Ok(Some(resp)) if resp.is_interim() => {
-                    client.write_all(out).await.map_err(|_| Failed::Client)?;
+                    client
+                        .write_all(out)
+                        .await
+                        .map_err(|e| Failed::Client(e.to_string()))?;
                     buf.advance(resp.head_len);
                     continue;
                 }
@@ -336,17 +307,6 @@ where
                 Err(e) => return Err(Failed::Upstream(format!("invalid response: {e}"))),
             }
         }
-        buf.reserve(4096);
-        let read = from.read_buf(buf).await;
-        let reason = match read {
-            Ok(0) => "closed the connection".to_string(),
-            Err(e) => e.to_string(),
-            Ok(_) => continue,
-        };
-        return Err(if answered {
-            Failed::Upstream(format!("{reason} in the middle of the response head"))
-        } else {
-            Failed::Unanswered(format!("{reason} without answering"))
-        });
+        read_head_more(from, buf, answered).await?;
     }
 }

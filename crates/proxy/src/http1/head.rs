@@ -193,10 +193,7 @@ pub(crate) fn parse_request(
             && scan
                 .upgrade
                 .is_some_and(|u| u.eq_ignore_ascii_case(b"websocket")),
-        idempotent: matches!(
-            method,
-            "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
-        ),
+        idempotent: is_idempotent(method),
         head_method: method == "HEAD",
         host: host.map(|h| range_in(buf, h)),
     }))
@@ -340,6 +337,14 @@ fn reusable(resp: &httparse::Response, framing: Framing, scan: &Scan) -> bool {
         && framing != Framing::UntilClose
         && resp.code != Some(101)
         && !scan.connection_has(b"close")
+}
+
+/// Safe to send twice (RFC 9110 §9.2.2).
+pub(crate) fn is_idempotent(method: &str) -> bool {
+    matches!(
+        method,
+        "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
+    )
 }
 
 /// Writes a complete plain-text response of baton's own.
