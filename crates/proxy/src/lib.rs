@@ -95,6 +95,15 @@ impl Proxy {
         Ok(addr)
     }
 
+    /// Tasks alive on the data-plane workers: listeners, sweeps, and client
+    /// connections that hold one (busy ones, and idle ones not parked).
+    pub fn tasks(&self) -> usize {
+        self.workers
+            .iter()
+            .map(|w| w.handle.metrics().num_alive_tasks())
+            .sum()
+    }
+
     /// The route table the listeners read.
     pub fn router(&self) -> &Router {
         &self.router

@@ -44,20 +44,8 @@ pub(crate) async fn relay<C, U>(
     let (mut upstream, upstream_pending) = (upstream.io, upstream.pending);
     let mut up = Direction::default();
     let mut down = Direction::default();
-    if !client_pending.is_empty()
-        && up
-            .forward(Ok(client_pending.len()), client_pending, &mut upstream)
-            .await
-            .is_err()
-    {
-        return;
-    }
-    if !upstream_pending.is_empty()
-        && down
-            .forward(Ok(upstream_pending.len()), upstream_pending, &mut client)
-            .await
-            .is_err()
-    {
+    let passed = up.pass_on(client_pending, &mut upstream).await;
+    if passed.is_err() || down.pass_on(upstream_pending, &mut client).await.is_err() {
         return;
     }
     let closing = hold.closing().clone();
@@ -112,6 +100,18 @@ impl Direction {
         }
         self.frames.advance(&buf[..n], false);
         to.write_all(&buf[..n]).await
+    }
+
+    /// Writes bytes read before the tunnel began to the other side.
+    async fn pass_on<W: AsyncWrite + Unpin>(
+        &mut self,
+        bytes: &[u8],
+        to: &mut W,
+    ) -> std::io::Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.forward(Ok(bytes.len()), bytes, to).await
     }
 
     /// Relays only up to the end of the frame in progress.

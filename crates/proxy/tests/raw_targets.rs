@@ -394,14 +394,25 @@ async fn many_idle_connections_are_parked_and_still_served_and_timed_out() {
     // More connections than a worker keeps as tasks while idle (256): the
     // idle ones are parked, woken by their next request.
     const CONNECTIONS: usize = 300;
-    let idle = Duration::from_secs(3);
-    let (_proxy, addr) = proxy_with_idle_timeout(ok_backend().await, idle).await;
+    let idle = Duration::from_secs(6);
+    let (proxy, addr) = proxy_with_idle_timeout(ok_backend().await, idle).await;
     let get = "GET / HTTP/1.1\r\nhost: a\r\n\r\n";
     let mut clients = Vec::with_capacity(CONNECTIONS);
     for _ in 0..CONNECTIONS {
         let mut c = TcpStream::connect(addr).await.unwrap();
         assert!(exchange(&mut c, get).await.starts_with("HTTP/1.1 200"));
         clients.push(c);
+    }
+    // Idle connections beyond the threshold hold no task (checked well
+    // before the idle timeout could close any).
+    let deadline = std::time::Instant::now() + idle / 3;
+    while proxy.tasks() >= CONNECTIONS {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} tasks for {CONNECTIONS} idle connections: none parked",
+            proxy.tasks()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     for (i, c) in clients.iter_mut().enumerate() {
         let answer = exchange(c, get).await;

@@ -190,11 +190,16 @@ mod tests {
         assert!(b"GET / HTTP/1.1\r\n".starts_with(&buf), "{buf:?}");
     }
 
+    /// A stream that yields `bytes`, then end of file.
+    async fn closed_after(bytes: &[u8]) -> tokio::io::DuplexStream {
+        let (mut tx, rx) = tokio::io::duplex(64);
+        tx.write_all(bytes).await.unwrap();
+        rx
+    }
+
     #[tokio::test]
     async fn a_body_cut_short_is_an_error_unless_it_runs_until_close() {
-        let (mut tx, mut rx) = tokio::io::duplex(64);
-        tx.write_all(b"abc").await.unwrap();
-        drop(tx);
+        let mut rx = closed_after(b"abc").await;
         let mut out = Vec::new();
         let err = Remaining::new(Framing::Length(10))
             .relay(
@@ -207,9 +212,7 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, Broken::Truncated) && err.by_reader(), "{err}");
 
-        let (mut tx, mut rx) = tokio::io::duplex(64);
-        tx.write_all(b"abc").await.unwrap();
-        drop(tx);
+        let mut rx = closed_after(b"abc").await;
         let mut out = Vec::new();
         Remaining::new(Framing::UntilClose)
             .relay(
