@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use baton_orchestrator::{DeployError, Orchestrator, Progress, Request};
+use baton_orchestrator::{Command, DeployError, Orchestrator, Progress, Request};
 use baton_store::DeployRecord;
 use futures_util::stream;
 use serde::{Deserialize, Serialize};
@@ -73,6 +73,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/services/{service}/history", get(history))
         .route("/v1/services/{service}/deploy", post(deploy))
         .route("/v1/services/{service}/rollback", post(rollback))
+        .route("/v1/services/{service}/rollout", post(rollout))
         .route("/v1/shutdown", post(shutdown))
         .with_state(state)
 }
@@ -80,6 +81,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
 fn error_response(e: &DeployError) -> Response {
     let status = match e {
         DeployError::UnknownService(_) => StatusCode::NOT_FOUND,
+        DeployError::NoRollout { .. } => StatusCode::CONFLICT,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     (status, Json(serde_json::json!({ "error": e.to_string() }))).into_response()
@@ -123,6 +125,18 @@ async fn rollback(
             .rollback(&service, body.to.as_deref(), &body.requested_by, progress)
             .await
     })
+}
+
+/// `promote`, `pause`, `resume`, `abort`: a command to the running rollout.
+async fn rollout(
+    State(s): State<Arc<ApiState>>,
+    Path(service): Path<String>,
+    Json(command): Json<Command>,
+) -> Response {
+    match s.orchestrator.command(&service, command) {
+        Ok(()) => StatusCode::ACCEPTED.into_response(),
+        Err(e) => error_response(&e),
+    }
 }
 
 async fn shutdown(State(s): State<Arc<ApiState>>, Json(body): Json<ShutdownBody>) -> StatusCode {
@@ -173,9 +187,9 @@ fn outcome(result: Result<DeployRecord, DeployError>) -> Outcome {
             let code = match &e {
                 DeployError::Failed(_) => exit::FAILED,
                 DeployError::Busy { .. } => exit::BUSY,
-                DeployError::UnknownService(_) | DeployError::NothingToRollBack { .. } => {
-                    exit::BAD_INPUT
-                }
+                DeployError::UnknownService(_)
+                | DeployError::NothingToRollBack { .. }
+                | DeployError::NoRollout { .. } => exit::BAD_INPUT,
                 DeployError::Store(_) => exit::FAILED,
             };
             let deploy = match e {

@@ -7,7 +7,7 @@ use anyhow::Context;
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
@@ -30,6 +30,20 @@ pub struct Unreachable {
 #[derive(Debug, thiserror::Error)]
 #[error("`baton serve` closed the connection before the deploy ended; see `baton status`")]
 pub struct Lost;
+
+/// The body of a 2xx answer; any other becomes its `error` text.
+async fn answer(resp: Response<Incoming>) -> anyhow::Result<Bytes> {
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    if !status.is_success() {
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        anyhow::bail!(
+            "{}",
+            v["error"].as_str().unwrap_or("the control API refused")
+        );
+    }
+    Ok(bytes)
+}
 
 /// A connection target for the control API.
 pub struct Client {
@@ -76,27 +90,13 @@ impl Client {
 
     /// A JSON answer; a non-2xx answer becomes its `error` text.
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        let resp = self.send("GET", path, None).await?;
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await?.to_bytes();
-        if status != StatusCode::OK {
-            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-            anyhow::bail!(
-                "{}",
-                v["error"].as_str().unwrap_or("the control API refused")
-            );
-        }
+        let bytes = answer(self.send("GET", path, None).await?).await?;
         serde_json::from_slice(&bytes).context("control API answer")
     }
 
-    /// Fire-and-forget POST.
+    /// A POST whose answer says only whether it was taken.
     pub async fn post(&self, path: &str, body: serde_json::Value) -> anyhow::Result<()> {
-        let resp = self.send("POST", path, Some(body)).await?;
-        anyhow::ensure!(
-            resp.status().is_success(),
-            "control API answered {}",
-            resp.status()
-        );
+        answer(self.send("POST", path, Some(body)).await?).await?;
         Ok(())
     }
 

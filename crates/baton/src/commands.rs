@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use baton_orchestrator::ServiceStatus;
+use baton_orchestrator::{Command, ServiceStatus};
 use baton_store::DeployRecord;
 use serde_json::json;
 
@@ -12,9 +12,15 @@ use crate::api::{DeployEvent, Outcome};
 use crate::client::Client;
 use crate::exit;
 
-/// `baton deploy SERVICE VERSION`
-pub async fn deploy(config: &Path, service: &str, version: &str, json: bool) -> anyhow::Result<u8> {
-    let body = json!({ "version": version, "requested_by": requested_by() });
+/// `baton deploy SERVICE VERSION [--canary]`
+pub async fn deploy(
+    config: &Path,
+    service: &str,
+    version: &str,
+    canary: bool,
+    json: bool,
+) -> anyhow::Result<u8> {
+    let body = json!({ "version": version, "requested_by": requested_by(), "canary": canary });
     let path = format!("/v1/services/{service}/deploy");
     run_streamed(config, &path, body, json).await
 }
@@ -160,6 +166,15 @@ pub async fn history(config: &Path, service: &str, limit: usize, json: bool) -> 
             d.error.as_deref().unwrap_or("")
         );
     }
+    Ok(0)
+}
+
+/// `baton promote|pause|resume|abort SERVICE`
+pub async fn rollout(config: &Path, service: &str, command: Command) -> anyhow::Result<u8> {
+    let client = Client::for_config(config)?;
+    let path = format!("/v1/services/{service}/rollout");
+    client.post(&path, serde_json::to_value(command)?).await?;
+    println!("{service}: {command:?} sent to the rollout");
     Ok(0)
 }
 

@@ -8,11 +8,13 @@ mod api;
 mod client;
 mod commands;
 mod demo;
+mod metrics;
 mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use baton_orchestrator::Command as RolloutCommand;
 use clap::{Parser, Subcommand};
 
 /// The request path allocates a little per request (header maps, buffers);
@@ -54,10 +56,25 @@ enum Command {
     Deploy {
         service: String,
         version: String,
+        /// A canary rollout (the service's `[canary]` steps), whatever its strategy.
+        #[arg(long)]
+        canary: bool,
         /// Print progress and the result as JSON lines.
         #[arg(long)]
         json: bool,
     },
+    /// Move SERVICE's canary rollout to its next step now (--full: to 100%).
+    Promote {
+        service: String,
+        #[arg(long)]
+        full: bool,
+    },
+    /// Hold SERVICE's canary rollout at its step (analysis goes on).
+    Pause { service: String },
+    /// Let a paused rollout go on.
+    Resume { service: String },
+    /// Roll SERVICE's canary back now.
+    Abort { service: String },
     /// Switch SERVICE back to its previous version (or --to VERSION).
     Rollback {
         service: String,
@@ -133,8 +150,21 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             Command::Deploy {
                 service,
                 version,
+                canary,
                 json,
-            } => commands::deploy(&cli.config, &service, &version, json).await,
+            } => commands::deploy(&cli.config, &service, &version, canary, json).await,
+            Command::Promote { service, full } => {
+                commands::rollout(&cli.config, &service, RolloutCommand::Promote { full }).await
+            }
+            Command::Pause { service } => {
+                commands::rollout(&cli.config, &service, RolloutCommand::Pause).await
+            }
+            Command::Resume { service } => {
+                commands::rollout(&cli.config, &service, RolloutCommand::Resume).await
+            }
+            Command::Abort { service } => {
+                commands::rollout(&cli.config, &service, RolloutCommand::Abort).await
+            }
             Command::Rollback { service, to, json } => {
                 commands::rollback(&cli.config, &service, to.as_deref(), json).await
             }

@@ -34,6 +34,12 @@ pub async fn run(config_path: &Path) -> anyhow::Result<u8> {
         .iter()
         .map(|addr| bind(*addr).with_context(|| format!("cannot listen on {addr} (proxy.listen)")))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    let metrics = match config.metrics.listen {
+        Some(addr) => {
+            Some(bind(addr).with_context(|| format!("cannot listen on {addr} (metrics.listen)"))?)
+        }
+        None => None,
+    };
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("cannot create state dir {}", config.state_dir.display()))?;
     let control = bind_control(&config.control_socket).await?;
@@ -58,6 +64,16 @@ pub async fn run(config_path: &Path) -> anyhow::Result<u8> {
     for listener in listeners {
         let addr = proxy.serve(listener)?;
         tracing::info!(%addr, "proxy listening");
+    }
+
+    if let Some(listener) = metrics {
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(crate::metrics::serve(
+            tokio::net::TcpListener::from_std(listener)?,
+            orchestrator.clone(),
+        ));
+        tracing::info!(%addr, "metrics listening");
     }
 
     let (shutdown_tx, mut shutdown_rx) = mpsc::unbounded_channel();

@@ -239,3 +239,69 @@ fn serve_on_a_busy_port_refuses_and_creates_nothing() {
     );
     assert_eq!(get(&b.url("/")).1.trim(), "version=v1");
 }
+
+/// `[services.web]` that would run, with `extra` after it.
+fn web_with(extra: &str) -> String {
+    bad_config(&format!(
+        "[services.web]\ncommand = {}\n{extra}",
+        sample_app(&[])
+    ))
+}
+
+#[test]
+fn canary_weights_that_do_not_rise_are_refused() {
+    let line = refused_config(
+        &web_with(
+            "[services.web.canary]\nsteps = [ { weight = 5, pause = \"1s\" }, { weight = 25, pause = \"1s\" }, { weight = 25, pause = \"1s\" } ]",
+        ),
+        &["deploy", "web", "v2"],
+    );
+    assert!(
+        line.contains(
+            "services.web.canary.steps[2].weight: must be above the previous step's 25% (weights rise)"
+        ),
+        "{line}"
+    );
+}
+
+#[test]
+fn canary_weight_above_100_is_refused() {
+    let line = refused_config(
+        &web_with("[services.web.canary]\nsteps = [ { weight = 150, pause = \"1s\" } ]"),
+        &["deploy", "web", "v2"],
+    );
+    assert!(
+        line.contains(
+            "services.web.canary.steps[0].weight: must be a percentage above 0 and at most 100, got 150"
+        ),
+        "{line}"
+    );
+}
+
+#[test]
+fn unknown_sticky_mode_is_refused() {
+    let line = refused_config(
+        &web_with("[services.web.canary]\nsticky = \"session\""),
+        &["deploy", "web", "v2"],
+    );
+    assert!(
+        line.contains(
+            "services.web.canary.sticky: unknown sticky mode \"session\" (expected \"cookie\", \"header:<name>\" or \"ip\")"
+        ),
+        "{line}"
+    );
+}
+
+#[test]
+fn unknown_strategy_is_refused() {
+    let line = refused_config(
+        &web_with("strategy = \"rolling\""),
+        &["deploy", "web", "v2"],
+    );
+    assert!(
+        line.contains(
+            "services.web.strategy: unknown strategy \"rolling\" (expected \"blue-green\" or \"canary\")"
+        ),
+        "{line}"
+    );
+}

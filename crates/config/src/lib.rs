@@ -4,6 +4,7 @@
 //! reported as one line naming the file, the line and column where known, and
 //! the key. The rest of baton only ever sees a valid [`Config`].
 
+mod canary;
 mod duration;
 mod raw;
 mod template;
@@ -12,6 +13,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use baton_core::{Inconclusive, Pause, Plan, Step, Sticky, Weight};
 
 pub use template::{Template, Vars, INSTANCE_VARS, SMOKE_VARS};
 
@@ -43,6 +46,8 @@ pub struct Config {
     /// The file it came from; relative paths inside were resolved against its directory.
     pub path: PathBuf,
     pub proxy: ProxyConfig,
+    /// Where the orchestrator's own Prometheus metrics are served, if anywhere.
+    pub metrics: MetricsConfig,
     /// Unix socket of the control API that the CLI talks to.
     pub control_socket: PathBuf,
     /// Directory for the SQLite state and the apps' logs.
@@ -64,6 +69,14 @@ pub struct ProxyConfig {
     pub idle_timeout: Duration,
 }
 
+/// baton's own metrics endpoint (`[metrics]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// Address of the `/metrics` listener; `None` (the default) opens none,
+    /// so that no port is taken unless asked for.
+    pub listen: Option<SocketAddr>,
+}
+
 /// One service: how to run it, how to tell it is healthy, how to switch to it.
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
@@ -79,6 +92,121 @@ pub struct ServiceConfig {
     pub stop_timeout: Duration,
     pub health: HealthConfig,
     pub switch: SwitchConfig,
+    /// What `baton deploy` does unless told otherwise (`--canary`).
+    pub strategy: Strategy,
+    /// How a canary rollout goes; always present (defaults when the table is
+    /// absent) so that `baton deploy --canary` works on any service.
+    pub canary: CanaryConfig,
+}
+
+/// How a deploy moves traffic to the candidate (`strategy`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Strategy {
+    /// All at once, after the health checks and the smoke test pass.
+    #[default]
+    BlueGreen,
+    /// Step by step, each step judged by the analysis before the next.
+    Canary,
+}
+
+/// A service's canary rollout (`[services.NAME.canary]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CanaryConfig {
+    /// The steps, and when failed or inconclusive intervals end the rollout.
+    pub plan: Plan,
+    /// How a user keeps seeing one version while both serve.
+    pub sticky: Sticky,
+    /// A rollout not finished by then is rolled back, so that a forgotten
+    /// `pause = "forever"` does not keep two versions running for good.
+    pub deadline: Duration,
+    /// What each interval checks about the candidate.
+    pub analysis: AnalysisConfig,
+}
+
+impl Default for CanaryConfig {
+    /// What an absent `[services.NAME.canary]` table means: 10% for a minute,
+    /// 50% for a minute, then everything; errors watched; one hour at most.
+    fn default() -> Self {
+        let minute = Pause::For(Duration::from_secs(60));
+        let step = |percent| Step {
+            weight: Weight::from_percent(percent).expect("a valid default weight"),
+            pause: minute,
+        };
+        Self {
+            plan: Plan {
+                steps: vec![step(10.0), step(50.0)],
+                failure_limit: 2,
+                inconclusive: Inconclusive::Pause,
+            },
+            sticky: Sticky::None,
+            deadline: Duration::from_secs(3600),
+            analysis: AnalysisConfig::default(),
+        }
+    }
+}
+
+/// How a canary is judged, once every `interval` (`[services.NAME.canary.analysis]`).
+///
+/// The failure limit and what an inconclusive interval does are in the
+/// [`Plan`], since they steer the rollout rather than measure it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnalysisConfig {
+    /// How often the candidate is judged, over the requests since the last time.
+    pub interval: Duration,
+    /// Fewer requests on the candidate in an interval make it inconclusive,
+    /// since a handful of requests proves nothing; 0 never does.
+    pub min_requests: u64,
+    /// Highest share (0 to 1) of the candidate's responses that may be 5xx;
+    /// `Some(0.01)` unless set, so that a canary always watches errors.
+    pub max_error_rate: Option<f64>,
+    /// Highest p99 latency the candidate may have.
+    pub max_p99: Option<Duration>,
+    /// Highest candidate p99 / live p99 in the same interval, which tracks
+    /// a slowdown whatever the absolute latency.
+    pub max_p99_ratio: Option<f64>,
+    /// Queries a Prometheus server must answer within bounds.
+    pub prometheus: Vec<PrometheusCheck>,
+    /// URLs that must answer 2xx to the deploy's JSON.
+    pub webhook: Vec<WebhookCheck>,
+}
+
+impl Default for AnalysisConfig {
+    /// What an absent `[services.NAME.canary.analysis]` table (or key) means.
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(10),
+            min_requests: 100,
+            max_error_rate: Some(0.01),
+            max_p99: None,
+            max_p99_ratio: None,
+            prometheus: Vec::new(),
+            webhook: Vec::new(),
+        }
+    }
+}
+
+/// A metric from the user's Prometheus that must stay within bounds
+/// (`[[services.NAME.canary.analysis.prometheus]]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrometheusCheck {
+    /// `http://host:port` (no trailing slash), so the API path can be appended.
+    pub server: String,
+    /// PromQL giving a scalar or a one-sample vector.
+    pub query: String,
+    /// The value fails above this.
+    pub max: Option<f64>,
+    /// The value fails below this.
+    pub min: Option<f64>,
+}
+
+/// A URL that is POSTed the deploy's JSON each interval; a 2xx answer passes
+/// (`[[services.NAME.canary.analysis.webhook]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookCheck {
+    /// An `http://` URL.
+    pub url: String,
+    /// No answer by then fails the check, so a hung hook cannot stall the rollout.
+    pub timeout: Duration,
 }
 
 /// Which runtime starts a service's instances.

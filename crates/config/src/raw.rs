@@ -10,9 +10,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::canary::{self, Canary};
 use crate::{
-    Config, ConfigError, HealthConfig, HostPattern, ProxyConfig, RuntimeKind, ServiceConfig,
-    SwitchConfig, Template,
+    CanaryConfig, Config, ConfigError, HealthConfig, HostPattern, MetricsConfig, ProxyConfig,
+    RuntimeKind, ServiceConfig, SwitchConfig, Template,
 };
 use crate::{INSTANCE_VARS, SMOKE_VARS};
 
@@ -21,6 +22,8 @@ use crate::{INSTANCE_VARS, SMOKE_VARS};
 pub(crate) struct File {
     #[serde(default)]
     proxy: Proxy,
+    #[serde(default)]
+    metrics: Metrics,
     #[serde(default)]
     control: Control,
     #[serde(default)]
@@ -54,6 +57,13 @@ impl Default for Proxy {
             idle_timeout: secs::<75>(),
         }
     }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Metrics {
+    #[serde(default)]
+    listen: Option<SocketAddr>,
 }
 
 #[derive(Deserialize)]
@@ -106,6 +116,10 @@ struct Service {
     health: Health,
     #[serde(default)]
     switch: Switch,
+    #[serde(default = "default_strategy")]
+    strategy: String,
+    #[serde(default)]
+    canary: Option<Canary>,
 }
 
 #[derive(Deserialize)]
@@ -186,6 +200,9 @@ fn default_runtime() -> String {
 fn default_workdir() -> String {
     ".".to_string()
 }
+fn default_strategy() -> String {
+    "blue-green".to_string()
+}
 fn default_health_path() -> String {
     "/healthz".to_string()
 }
@@ -206,12 +223,12 @@ fn millis<const N: u64>() -> Duration {
 }
 
 /// Builds the error for one key of the file.
-struct Culprit<'a> {
+pub(crate) struct Culprit<'a> {
     path: &'a Path,
 }
 
 impl Culprit<'_> {
-    fn err(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    pub(crate) fn err(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
             path: self.path.to_path_buf(),
             key: key.into(),
@@ -237,6 +254,16 @@ impl File {
         ] {
             nonzero(&at, key, d)?;
         }
+        if let Some(addr) = self
+            .metrics
+            .listen
+            .filter(|a| self.proxy.listen.contains(a))
+        {
+            return Err(at.err(
+                "metrics.listen",
+                format!("{addr} is also in proxy.listen; the metrics need their own address"),
+            ));
+        }
         let mut services = BTreeMap::new();
         let mut claimed: BTreeMap<HostPattern, String> = BTreeMap::new();
         for (name, raw) in self.services {
@@ -259,6 +286,9 @@ impl File {
                 connect_timeout: self.proxy.connect_timeout,
                 response_timeout: self.proxy.response_timeout,
                 idle_timeout: self.proxy.idle_timeout,
+            },
+            metrics: MetricsConfig {
+                listen: self.metrics.listen,
             },
             control_socket: base.join(self.control.socket),
             state_dir: base.join(self.state.dir),
@@ -289,6 +319,7 @@ impl Service {
                 ))
             }
         };
+        let strategy = canary::strategy(at, &key("strategy"), &self.strategy)?;
         if self.command.is_empty() || self.command[0].trim().is_empty() {
             return Err(at.err(key("command"), "must name a program to run"));
         }
@@ -352,6 +383,10 @@ impl Service {
                 return Err(at.err(key(k), "must be at least 1"));
             }
         }
+        let canary = match self.canary {
+            Some(c) => c.validate(at, &key("canary"))?,
+            None => CanaryConfig::default(),
+        };
         Ok(ServiceConfig {
             name: name.to_string(),
             hosts,
@@ -375,11 +410,13 @@ impl Service {
                 smoke,
                 smoke_timeout: self.switch.smoke_timeout,
             },
+            strategy,
+            canary,
         })
     }
 }
 
-fn nonzero(at: &Culprit, key: &str, d: Duration) -> Result<(), ConfigError> {
+pub(crate) fn nonzero(at: &Culprit, key: &str, d: Duration) -> Result<(), ConfigError> {
     if d.is_zero() {
         return Err(at.err(key, "must be longer than 0s"));
     }

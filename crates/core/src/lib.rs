@@ -6,8 +6,10 @@
 //! drives these types; keeping them pure is what lets every transition be
 //! tested exhaustively.
 
+pub mod canary;
 mod color;
 mod deploy;
 
+pub use canary::{Inconclusive, Pause, Plan, Rollout, Step, Sticky, Verdict, Weight};
 pub use color::Color;
 pub use deploy::{Action, Deploy, DeployKind, Event, Phase};

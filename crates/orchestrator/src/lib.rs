@@ -11,9 +11,11 @@
 //! - `recover`: what a restarted baton does with what it finds.
 //! - `view`: what `status` reports.
 
+pub mod analysis;
 mod pipeline;
 mod recover;
 mod retire;
+mod rollout;
 mod service;
 mod view;
 
@@ -30,8 +32,9 @@ use baton_traffic::Traffic;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::UnboundedSender;
 
+pub use rollout::{Command, RolloutStatus};
 use service::ServiceState;
-pub use view::{DeployStatus, ReleaseStatus, ServiceStatus, TargetStatus};
+pub use view::{DeployStatus, ReleaseStatus, RoutedPool, ServiceStatus, TargetStatus};
 
 /// Why a deploy or rollback was refused or failed.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +45,8 @@ pub enum DeployError {
     Busy { service: String, running: String },
     #[error("{service}: nothing to roll back to")]
     NothingToRollBack { service: String },
+    #[error("{service}: no canary rollout is under way")]
+    NoRollout { service: String },
     #[error("deploy of {} {} failed: {}", .0.service, .0.version, .0.error.as_deref().unwrap_or("unknown error"))]
     Failed(Box<DeployRecord>),
     #[error(transparent)]
@@ -65,6 +70,9 @@ pub type ProgressTx = UnboundedSender<Progress>;
 pub struct Request {
     pub version: String,
     pub requested_by: String,
+    /// A canary rollout whatever the service's `strategy`.
+    #[serde(default)]
+    pub canary: bool,
 }
 
 /// Everything the pipelines of all services share.
@@ -165,6 +173,22 @@ impl Orchestrator {
         })
     }
 
+    /// Tells the canary rollout of `service` to promote, pause, resume or abort.
+    pub fn command(&self, service: &str, command: Command) -> Result<(), DeployError> {
+        let svc = self.service(service)?;
+        let sent = svc
+            .view()
+            .rollout
+            .as_ref()
+            .is_some_and(|tx| tx.send(command).is_ok());
+        if !sent {
+            return Err(DeployError::NoRollout {
+                service: service.to_string(),
+            });
+        }
+        Ok(())
+    }
+
     /// Finds what ran before a restart and serves it again.
     pub async fn recover(&self) -> Result<(), StoreError> {
         for svc in self.services.values() {
@@ -203,6 +227,19 @@ impl Orchestrator {
             .into_iter()
             .map(|svc| view::status(&self.shared, svc).map_err(DeployError::from))
             .collect()
+    }
+
+    /// Every pool the proxy holds now, for metrics.
+    pub fn routed(&self) -> Vec<RoutedPool> {
+        self.services
+            .values()
+            .flat_map(|svc| view::routed(&self.shared, svc))
+            .collect()
+    }
+
+    /// Finished deploys by service, kind and outcome, for metrics.
+    pub fn deploy_counts(&self) -> Result<Vec<(String, DeployKind, Phase, u64)>, DeployError> {
+        Ok(self.shared.store.deploy_counts()?)
     }
 
     /// A service's deploys, newest first.

@@ -10,13 +10,15 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use baton_config::Vars;
-use baton_core::{Action, Color, Deploy, DeployKind, Event, Phase};
+use baton_config::{Strategy, Vars};
+use baton_core::{Action, Color, Deploy, DeployKind, Event, Pause, Phase, Weight};
 use baton_proxy::{HealthCheck, Pool, Target};
 use baton_runtime::{Instance, InstanceSpec};
 use baton_store::{now_ms, DeployRecord, Release, Role};
+use tokio::sync::mpsc;
 
 use crate::retire;
+use crate::rollout::{self, Next, Rollout};
 use crate::service::{Claim, Live, ServiceState, Slots};
 use crate::view::phase_name;
 use crate::{DeployError, Progress, ProgressTx, Request, Shared};
@@ -57,6 +59,15 @@ pub(crate) async fn deploy(
         .map(|a| format!("{} ({}) is live", a.version, a.color))
         .unwrap_or_else(|| "nothing live yet".to_string());
     run.say(format!("deploying {} to {color}; {live}", req.version));
+    let canary = req.canary || run.svc.cfg.strategy == Strategy::Canary;
+    let plan = match (&slots.active, canary) {
+        (Some(_), true) => Some(run.svc.cfg.canary.plan.clone()),
+        (None, true) => {
+            run.say("nothing is live: no canary to compare with, switching at once".into());
+            None
+        }
+        (_, false) => None,
+    };
     if let Some(previous) = slots.previous.take() {
         run.say(format!(
             "retiring {} ({}) first to free its color",
@@ -66,7 +77,7 @@ pub(crate) async fn deploy(
         let _ = previous.task.await;
     }
     run.execute(
-        Deploy::begin(DeployKind::Deploy, &req.version, color, smoke),
+        Deploy::begin(DeployKind::Deploy, &req.version, color, smoke, plan),
         slots,
     )
     .await
@@ -109,6 +120,7 @@ pub(crate) async fn rollback(
     let req = Request {
         version: target,
         requested_by: requested_by.to_string(),
+        canary: false,
     };
     deploy(job, slots, &req).await
 }
@@ -142,7 +154,7 @@ async fn instant_rollback(
         _health: health,
     });
     run.execute(
-        Deploy::begin(DeployKind::Rollback, &version, color, false),
+        Deploy::begin(DeployKind::Rollback, &version, color, false, None),
         slots,
     )
     .await
@@ -175,6 +187,8 @@ struct Run<'a> {
     phase: Phase,
     instances: Vec<Instance>,
     live: Option<Live>,
+    /// The canary rollout, from its first step on.
+    rollout: Option<Rollout>,
 }
 
 impl<'a> Run<'a> {
@@ -210,6 +224,7 @@ impl<'a> Run<'a> {
             phase: Phase::Starting,
             instances: Vec::new(),
             live: None,
+            rollout: None,
         })
     }
 
@@ -223,26 +238,47 @@ impl<'a> Run<'a> {
         });
     }
 
-    /// Runs the state machine to its end.
+    /// Runs the state machine to its end. During a canary rollout, when no
+    /// action is pending, the rollout's next event (a command, a pause
+    /// ending, an analysis) is waited for.
     async fn execute(
         mut self,
         (mut machine, first): (Deploy, Vec<Action>),
         slots: &mut Slots,
     ) -> Result<DeployRecord, DeployError> {
         let mut queue: VecDeque<Action> = first.into();
-        while let Some(action) = queue.pop_front() {
-            self.enter(machine.phase)?;
-            let event = match action {
-                Action::StartCandidate => self.start().await,
-                Action::AwaitHealthy => self.await_healthy().await,
-                Action::RunSmoke => self.smoke().await,
-                Action::Switch => self.switch(slots)?,
-                Action::StopCandidate => {
-                    self.stop_candidate(&machine).await?;
-                    continue;
+        loop {
+            let event = match queue.pop_front() {
+                Some(action) => {
+                    self.enter(machine.phase)?;
+                    match action {
+                        Action::StartCandidate => self.start().await,
+                        Action::AwaitHealthy => self.await_healthy().await,
+                        Action::RunSmoke => self.smoke().await,
+                        Action::Switch => self.switch(slots)?,
+                        Action::SetWeight(weight) => {
+                            self.set_weight(weight, slots);
+                            continue;
+                        }
+                        Action::HoldStep { step, pause } => {
+                            self.hold(step, pause);
+                            continue;
+                        }
+                        Action::Withdraw => {
+                            self.withdraw().await;
+                            continue;
+                        }
+                        Action::StopCandidate => {
+                            self.stop_candidate(&machine).await?;
+                            continue;
+                        }
+                    }
                 }
+                None if machine.phase == Phase::Canary => self.rollout_event().await,
+                None => break,
             };
             queue.extend(machine.on(event));
+            self.show_rollout(&machine);
         }
         let record = self.shared.store.deploy(self.id)?;
         match machine.phase {
@@ -313,6 +349,9 @@ impl<'a> Run<'a> {
             .collect();
         let pool = Arc::new(Pool::new(self.color, self.version.clone(), targets));
         let health = HealthCheck::start(&self.shared.prober, &pool, &self.svc.cfg.health);
+        if let Err(e) = self.shared.traffic.stage(&self.svc.cfg.name, pool.clone()) {
+            return Event::Aborted(e.to_string());
+        }
         self.live = Some(Live {
             color: self.color,
             version: self.version.clone(),
@@ -346,12 +385,7 @@ impl<'a> Run<'a> {
 
     /// The first candidate instance found to have exited, described.
     fn exited(&self) -> Option<String> {
-        self.instances.iter().enumerate().find_map(|(i, inst)| {
-            self.shared
-                .runtime
-                .exited(inst)
-                .map(|why| format!("instance {i} ({}) {why}", inst.addr))
-        })
+        first_exit(self.shared, &self.instances)
     }
 
     async fn smoke(&mut self) -> Event {
@@ -423,6 +457,86 @@ impl<'a> Run<'a> {
         Ok(Event::Switched)
     }
 
+    /// Gives the candidate `weight` of the traffic; the first time, opens
+    /// the rollout and the way for commands to reach it.
+    fn set_weight(&mut self, weight: Weight, slots: &Slots) {
+        if self.rollout.is_none() {
+            let (Some(candidate), Some(live)) = (&self.live, &slots.active) else {
+                return;
+            };
+            let (tx, rx) = mpsc::unbounded_channel();
+            self.svc.view().rollout = Some(tx);
+            self.rollout = Some(Rollout::new(
+                &self.svc.cfg.name,
+                self.id,
+                &self.svc.cfg.canary,
+                candidate.pool.clone(),
+                live.pool.clone(),
+                rx,
+            ));
+        }
+        if let Some(rollout) = &mut self.rollout {
+            rollout.set_weight(self.shared, weight);
+        }
+    }
+
+    fn hold(&mut self, step: usize, pause: Pause) {
+        let Some(rollout) = &mut self.rollout else {
+            return;
+        };
+        rollout.hold(step, pause);
+        let (steps, weight) = (rollout.status.steps, rollout.status.weight);
+        self.say(format!(
+            "step {}/{steps}: {weight} of the traffic to {} ({}), holding {pause}",
+            step + 1,
+            self.version,
+            self.color
+        ));
+    }
+
+    /// The rollout's next event; an analysis is reported as it comes.
+    async fn rollout_event(&mut self) -> Event {
+        let Some(rollout) = &mut self.rollout else {
+            return Event::Aborted("the rollout was lost".into());
+        };
+        let (shared, instances) = (self.shared, &self.instances);
+        let next = rollout.next(|| first_exit(shared, instances)).await;
+        match next {
+            Next::Event(event) => {
+                if let Some(line) = command_line(&event) {
+                    self.say(line);
+                }
+                event
+            }
+            Next::Analysed(analysis) => {
+                self.say(rollout::describe(&analysis));
+                Event::Interval(analysis.verdict)
+            }
+        }
+    }
+
+    /// Takes the candidate's share back and drains it: the rollout failed.
+    async fn withdraw(&mut self) {
+        let drain = self.svc.cfg.switch.drain_timeout;
+        if let Some(rollout) = &mut self.rollout {
+            rollout.withdraw(self.shared, self.color, drain).await;
+            self.say(format!(
+                "rolled back: no traffic to {} ({}) any more",
+                self.version, self.color
+            ));
+        }
+    }
+
+    /// What `status` shows of the rollout.
+    fn show_rollout(&mut self, machine: &Deploy) {
+        let (Some(rollout), Some(state)) = (&mut self.rollout, machine.rollout()) else {
+            return;
+        };
+        rollout.sync(state);
+        let status = rollout.status.clone();
+        self.claim.update(|d| d.canary = Some(status));
+    }
+
     /// The deploy failed: stop what it started and record why.
     async fn stop_candidate(&mut self, machine: &Deploy) -> Result<(), DeployError> {
         let error = machine
@@ -433,15 +547,18 @@ impl<'a> Run<'a> {
         self.live = None;
         retire::stop_instances(self.shared, self.svc, &self.instances).await;
         let name = &self.svc.cfg.name;
+        self.shared.traffic.unstage(name, self.color);
         self.shared.store.remove_release(name, self.color)?;
         self.shared
             .store
             .fail_deploy(self.id, &error, tail.as_deref())?;
         self.phase = Phase::Failed;
         self.claim.set_phase(Phase::Failed);
-        self.say(format!(
-            "failed: {error}; candidate stopped, traffic untouched"
-        ));
+        let traffic = match self.rollout {
+            Some(_) => "its share of the traffic taken back",
+            None => "traffic untouched",
+        };
+        self.say(format!("failed: {error}; candidate stopped, {traffic}"));
         Ok(())
     }
 
@@ -456,6 +573,29 @@ impl<'a> Run<'a> {
         let tail = runtime.log_tail(culprit, 20);
         (!tail.is_empty()).then_some(tail)
     }
+}
+
+/// The first of `instances` found to have exited, described.
+fn first_exit(shared: &Shared, instances: &[Instance]) -> Option<String> {
+    instances.iter().enumerate().find_map(|(i, inst)| {
+        shared
+            .runtime
+            .exited(inst)
+            .map(|why| format!("instance {i} ({}) {why}", inst.addr))
+    })
+}
+
+/// What a person's command to the rollout is said as.
+fn command_line(event: &Event) -> Option<String> {
+    Some(match event {
+        Event::Promote { full: true } => "promoted to 100% by request".into(),
+        Event::Promote { full: false } => "promoted to the next step by request".into(),
+        Event::Pause => "paused by request".into(),
+        Event::Resume => "resumed by request".into(),
+        Event::Aborted(why) => why.clone(),
+        Event::DeadlinePassed => "the rollout's deadline passed".into(),
+        _ => return None,
+    })
 }
 
 /// Runs the smoke command; `Err` says why it failed.

@@ -73,6 +73,7 @@ async fn run(
 
     svc.view().previous = Some((old.pool.clone(), PreviousState::Stopping));
     stop(&shared, &svc, &old).await;
+    shared.traffic.unstage(name, old.color);
     if let Err(e) = shared.store.remove_release(name, old.color) {
         tracing::error!(service = %name, error = %e, "could not record the retirement");
     }

@@ -7,9 +7,11 @@ use baton_config::ServiceConfig;
 use baton_core::{Color, DeployKind, Phase};
 use baton_proxy::{HealthCheck, Pool};
 use baton_runtime::Instance;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::rollout::Command;
 use crate::view::{DeployStatus, PreviousState};
 use crate::DeployError;
 
@@ -41,11 +43,14 @@ pub(crate) struct Slots {
     pub(crate) previous: Option<Retiring>,
 }
 
-/// What `status` shows; locked only for moments, never across an await.
+/// What `status` shows, and how to reach a running rollout; locked only
+/// for moments, never across an await.
 #[derive(Default)]
 pub(crate) struct View {
     pub(crate) deploy: Option<DeployStatus>,
     pub(crate) previous: Option<(Arc<Pool>, PreviousState)>,
+    /// Commands to the canary rollout under way.
+    pub(crate) rollout: Option<mpsc::UnboundedSender<Command>>,
 }
 
 pub(crate) struct ServiceState {
@@ -102,6 +107,8 @@ impl Claim<'_> {
 
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
-        self.svc.view().deploy = None;
+        let mut view = self.svc.view();
+        view.deploy = None;
+        view.rollout = None;
     }
 }

@@ -1,12 +1,15 @@
 //! What `baton status` reports: the live release and its targets' health as
 //! the proxy sees them, the previous release, and the deploy under way.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
-use baton_core::{Color, DeployKind, Phase};
+use baton_core::{Color, DeployKind, Phase, Weight};
 use baton_proxy::Pool;
 use baton_store::{now_ms, DeployRecord, StoreError};
 
+use crate::rollout::RolloutStatus;
 use crate::service::ServiceState;
 use crate::Shared;
 
@@ -49,6 +52,8 @@ pub struct DeployStatus {
     pub color: Option<Color>,
     pub phase: Phase,
     pub started_at: i64,
+    /// A canary rollout's step, weight and analyses.
+    pub canary: Option<RolloutStatus>,
 }
 
 impl DeployStatus {
@@ -60,6 +65,7 @@ impl DeployStatus {
             color: None,
             phase: Phase::Starting,
             started_at: now_ms(),
+            canary: None,
         }
     }
 
@@ -92,6 +98,7 @@ pub(crate) fn phase_name(p: Phase) -> &'static str {
         Phase::Starting => "starting",
         Phase::Health => "waiting for health",
         Phase::Smoke => "smoke testing",
+        Phase::Canary => "canary rollout",
         Phase::Switching => "switching",
         Phase::Done => "done",
         Phase::Failed => "failed",
@@ -135,4 +142,39 @@ pub(crate) fn status(shared: &Shared, svc: &ServiceState) -> Result<ServiceStatu
         deploy,
         last_deploy: shared.store.last_deploy(name)?,
     })
+}
+
+/// A pool the proxy holds now, and what it is to its service: for metrics.
+#[derive(Debug, Clone)]
+pub struct RoutedPool {
+    pub service: String,
+    /// `live`, `canary` or `previous`.
+    pub role: &'static str,
+    pub pool: Arc<Pool>,
+    /// The share of new requests it gets (a previous release gets none).
+    pub weight: Weight,
+}
+
+pub(crate) fn routed(shared: &Shared, svc: &ServiceState) -> Vec<RoutedPool> {
+    let name = &svc.cfg.name;
+    let canary = shared.traffic.canary(name);
+    let canary_weight = canary.as_ref().map(|c| c.weight()).unwrap_or(Weight::ZERO);
+    let entry = |role, pool: Arc<Pool>, weight| RoutedPool {
+        service: name.clone(),
+        role,
+        pool,
+        weight,
+    };
+    let mut pools = Vec::new();
+    if let Some(live) = shared.traffic.live(name) {
+        let share = Weight::FULL.basis_points() - canary_weight.basis_points();
+        pools.push(entry("live", live, Weight::from_basis_points(share)));
+    }
+    if let Some(c) = canary {
+        pools.push(entry("canary", c.pool().clone(), c.weight()));
+    }
+    if let Some((pool, _)) = &svc.view().previous {
+        pools.push(entry("previous", pool.clone(), Weight::ZERO));
+    }
+    pools
 }

@@ -12,9 +12,10 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::time::Instant;
 
+use crate::ask::Ask;
 use crate::forwarded::RequestIds;
 use crate::http1::{Connections, IdleClients, Upstream};
-use crate::router::{pick_from, NoRoute, Router};
+use crate::router::{pick_from, NoRoute, Picked, Router};
 use crate::target::{InFlight, Pool};
 
 /// Targets tried per request: the first, and others while nothing was sent.
@@ -33,11 +34,11 @@ pub(crate) enum Routing {
 }
 
 impl Routing {
-    /// Takes a target for a request to `host`.
-    pub(crate) fn pick(&self, host: Option<&str>) -> Result<InFlight, NoRoute> {
+    /// Takes a target for a request.
+    pub(crate) fn pick(&self, ask: &impl Ask) -> Result<Picked, NoRoute> {
         match self {
-            Self::Fixed(pool) => pick_from(pool),
-            Self::Hosts(router) => router.pick(host),
+            Self::Fixed(pool) => pick_from(pool).map(Picked::from),
+            Self::Hosts(router) => router.pick(ask),
         }
     }
 }
@@ -183,6 +184,7 @@ impl Attempts {
                 Err(e) => {
                     tracing::debug!(target = %addr, error = %e, "upstream unreachable");
                     self.last_error = e;
+                    self.hold.upstream_error();
                     self.hold = self.hold.another()?;
                 }
             }
@@ -193,7 +195,13 @@ impl Attempts {
     /// The attempt failed after the request went out.
     pub(crate) fn failed(&mut self, error: String) {
         tracing::debug!(target = %self.hold.target().addr(), %error, "upstream request failed");
+        self.hold.upstream_error();
         self.last_error = error;
+    }
+
+    /// The client gets baton's own `status` (a 502 or 504) for this request.
+    pub(crate) fn answered(&mut self, status: u16) {
+        self.hold.answered(status);
     }
 
     /// The target of the attempt that got an answer.

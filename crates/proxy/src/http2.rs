@@ -16,7 +16,9 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+use crate::ask::{Ask, COLOR_HEADER};
 use crate::body::{ResponseBody, TargetBody};
+use crate::canary::SetCookie;
 use crate::forward::{
     body_and_answer, read_head_more, Attempts, Failed, Forwarder, Progress, Routing,
 };
@@ -24,6 +26,7 @@ use crate::forwarded::{Peer, RequestIds};
 use crate::http1::{
     is_idempotent, parse_response_parts, Framing, Remaining, ResponseParts, Upstream,
 };
+use crate::router::Picked;
 use crate::target::InFlight;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -46,8 +49,13 @@ impl Forwarder {
         let framing = request_framing(&parts, &body);
         let mut out = Vec::with_capacity(1024);
         write_request_head(&parts, framing, &mut out);
-        let hold = match pick(routing, host.as_ref()) {
-            Ok(hold) => hold,
+        let ask = Head {
+            parts: &parts,
+            host: host.as_ref(),
+            peer,
+        };
+        let Picked { hold, cookie } = match pick(routing, &ask) {
+            Ok(picked) => picked,
             Err(resp) => return resp,
         };
         let head_method = parts.method == Method::HEAD;
@@ -62,17 +70,21 @@ impl Forwarder {
                 head_method,
             };
             match send(&mut upstream, request, self.timeouts.response).await {
-                Ok((resp, buf, request_done)) => {
+                Ok((mut resp, buf, request_done)) => {
                     let hold = attempts.into_hold();
+                    if let Some(cookie) = &cookie {
+                        add_set_cookie(resp.head.headers_mut(), cookie);
+                    }
                     return self.respond(upstream, resp, buf, request_done, hold);
                 }
                 // Dropped unanswered on a reused connection: send it again.
                 Err(Failed::Unanswered(e)) if upstream.reused && replayable => attempts.failed(e),
                 Err(Failed::TimedOut) => {
+                    attempts.answered(504);
                     return error(
                         StatusCode::GATEWAY_TIMEOUT,
                         "baton: the target did not answer in time\n",
-                    )
+                    );
                 }
                 Err(e) => {
                     attempts.failed(e.to_string());
@@ -80,6 +92,7 @@ impl Forwarder {
                 }
             }
         }
+        attempts.answered(502);
         error(
             StatusCode::BAD_GATEWAY,
             format!("baton: upstream error: {}\n", attempts.last_error),
@@ -93,8 +106,9 @@ impl Forwarder {
         resp: ResponseParts,
         buf: BytesMut,
         request_done: bool,
-        hold: InFlight,
+        mut hold: InFlight,
     ) -> Response<ResponseBody> {
+        hold.answered(resp.head.status().as_u16());
         let target = TargetBody {
             stream: upstream.stream,
             buf,
@@ -264,16 +278,47 @@ fn write_request_head(parts: &request::Parts, framing: Framing, out: &mut Vec<u8
     out.extend_from_slice(b"\r\n");
 }
 
+/// The request as routing sees it.
+struct Head<'a> {
+    parts: &'a request::Parts,
+    host: Option<&'a HeaderValue>,
+    peer: &'a Peer,
+}
+
+impl Ask for Head<'_> {
+    fn host(&self) -> Option<&str> {
+        self.host.and_then(|h| h.to_str().ok())
+    }
+    fn color_header(&self) -> Option<&[u8]> {
+        self.header(COLOR_HEADER)
+    }
+    fn cookies(&self) -> Option<&[u8]> {
+        self.header("cookie")
+    }
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.parts.headers.get(name).map(|v| v.as_bytes())
+    }
+    fn client_ip(&self) -> &str {
+        self.peer.ip()
+    }
+}
+
+fn add_set_cookie(headers: &mut HeaderMap, cookie: &SetCookie) {
+    let mut value = Vec::with_capacity(64);
+    cookie.write_value(&mut value);
+    if let Ok(v) = HeaderValue::from_bytes(&value) {
+        headers.append(header::SET_COOKIE, v);
+    }
+}
+
 /// Takes a target for the request, or says why there is none.
 // The error is the response to send, built on the cold path only.
 #[allow(clippy::result_large_err)]
-fn pick(routing: &Routing, host: Option<&HeaderValue>) -> Result<InFlight, Response<ResponseBody>> {
-    routing
-        .pick(host.and_then(|h| h.to_str().ok()))
-        .map_err(|no| {
-            let status = StatusCode::from_u16(no.status()).unwrap_or(StatusCode::BAD_GATEWAY);
-            error(status, format!("baton: {no}\n"))
-        })
+fn pick(routing: &Routing, ask: &Head<'_>) -> Result<Picked, Response<ResponseBody>> {
+    routing.pick(ask).map_err(|no| {
+        let status = StatusCode::from_u16(no.status()).unwrap_or(StatusCode::BAD_GATEWAY);
+        error(status, format!("baton: {no}\n"))
+    })
 }
 
 /// Drops hop-by-hop headers (RFC 9110 §7.6.1), including those the

@@ -3,13 +3,18 @@
 //! - [`router`]: Host header to service, and each service's live pool. The
 //!   switch happens in [`Service::switch`].
 //! - [`target`]: targets and pools, with the in-flight counts drains rely on.
+//! - `canary`: a candidate's share of the traffic during a rollout, and
+//!   how users stay on one version; `ask` is what a request says about it.
+//! - [`stats`]: each pool's answers and latencies, for analysis and metrics.
 //! - [`health_check`]: the proxy's own health checks, which gate the switch.
 //! - [`drain`]: waiting for an old release's requests and WebSockets.
 //! - `server`: listeners. `http1` is the request path (HTTP/1.1 from client
 //!   to target), `http2` puts HTTP/2 clients on it, `forward` holds what
 //!   both share, `tunnel` relays upgraded connections.
 
+mod ask;
 mod body;
+mod canary;
 pub mod drain;
 mod forward;
 mod forwarded;
@@ -19,6 +24,7 @@ mod http2;
 mod preview;
 pub mod router;
 mod server;
+pub mod stats;
 pub mod target;
 mod tunnel;
 mod worker;
@@ -32,6 +38,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use body::ResponseBody;
+pub use canary::Canary;
 pub use drain::{drain, DrainReport};
 pub use forward::Timeouts;
 pub use health_check::{HealthCheck, Prober};

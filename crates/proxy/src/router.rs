@@ -2,18 +2,23 @@
 //!
 //! Two levels, each swapped atomically and read without a lock: the host
 //! table (replaced when the set of services changes) maps a Host header to a
-//! [`Service`]; each service holds its live [`Pool`] in its own `ArcSwap`, so
+//! [`Service`]; each service holds its routes (the live [`Pool`], a canary's
+//! split, the pools a request may ask for by color) in its own `ArcSwap`, so
 //! switching one service is a single pointer swap that leaves every other
 //! service's traffic untouched, however many there are.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwap;
 use baton_config::HostPattern;
+use baton_core::Color;
 use rustc_hash::FxBuildHasher;
+use tokio::time::Instant;
 
+use crate::ask::{asked_color, Ask, Asked};
+use crate::canary::{Canary, SetCookie};
 use crate::target::{InFlight, Pool};
 
 /// Why a request found no target.
@@ -27,6 +32,10 @@ pub enum NoRoute {
     NoHealthyTarget,
     #[error("route changing, try again")]
     Changing,
+    #[error("X-Baton-Color must be \"blue\" or \"green\"")]
+    BadColor,
+    #[error("no {0} release of this service runs")]
+    NoColor(Color),
 }
 
 impl NoRoute {
@@ -34,6 +43,7 @@ impl NoRoute {
     pub(crate) fn status(&self) -> u16 {
         match self {
             Self::UnknownHost => 404,
+            Self::BadColor => 400,
             _ => 503,
         }
     }
@@ -49,34 +59,182 @@ pub(crate) fn pick_from(pool: &Arc<Pool>) -> Result<InFlight, NoRoute> {
     }
 }
 
-/// One service's routing state.
+/// The target a request goes to, and a cookie its answer must carry.
+#[derive(Debug)]
+pub(crate) struct Picked {
+    pub(crate) hold: InFlight,
+    pub(crate) cookie: Option<SetCookie>,
+}
+
+impl From<InFlight> for Picked {
+    fn from(hold: InFlight) -> Self {
+        Self { hold, cookie: None }
+    }
+}
+
+/// Where one service's requests go: one immutable value, replaced whole.
+#[derive(Debug, Clone, Default)]
+struct Routes {
+    /// What runs in each color (blue, green), for requests that ask for one.
+    by_color: [Option<Arc<Pool>>; 2],
+    live: Option<Color>,
+    /// A candidate taking a share of the traffic, during a rollout.
+    canary: Option<Canary>,
+}
+
+fn slot(color: Color) -> usize {
+    match color {
+        Color::Blue => 0,
+        Color::Green => 1,
+    }
+}
+
+impl Routes {
+    fn live(&self) -> Option<&Arc<Pool>> {
+        self.by_color[slot(self.live?)].as_ref()
+    }
+
+    /// Some color other than the live one runs, so asking for one can matter.
+    fn has_standby(&self) -> bool {
+        self.by_color
+            .iter()
+            .flatten()
+            .any(|p| Some(p.color) != self.live)
+    }
+
+    fn pick(&self, ask: &impl Ask) -> Result<Picked, NoRoute> {
+        match asked_color(ask, self.has_standby())? {
+            Some(Asked::Header(color)) => {
+                let picked = self.pick_color(color)?;
+                return Ok(Picked {
+                    hold: picked,
+                    cookie: Some(SetCookie::Color(color)),
+                });
+            }
+            Some(Asked::Cookie(color)) if self.by_color[slot(color)].is_some() => {
+                return self.pick_color(color).map(Picked::from);
+            }
+            _ => {}
+        }
+        if let Some(canary) = &self.canary {
+            let (candidate, cookie) = canary.choose(ask);
+            if candidate {
+                let hold = pick_from(canary.pool())?;
+                return Ok(Picked { hold, cookie });
+            }
+            let hold = pick_from(self.live().ok_or(NoRoute::NotLive)?)?;
+            return Ok(Picked { hold, cookie });
+        }
+        pick_from(self.live().ok_or(NoRoute::NotLive)?).map(Picked::from)
+    }
+
+    /// A request for one color reaches it whether it is live or not.
+    fn pick_color(&self, color: Color) -> Result<InFlight, NoRoute> {
+        let pool = self.by_color[slot(color)]
+            .as_ref()
+            .ok_or(NoRoute::NoColor(color))?;
+        pool.pick_target(Instant::now())
+            .ok_or(NoRoute::NoHealthyTarget)
+    }
+}
+
+/// One service's routing state. Changes come from the control plane, one
+/// at a time; the request path only loads the current [`Routes`].
 #[derive(Debug)]
 pub struct Service {
     pub name: String,
-    live: ArcSwapOption<Pool>,
+    routes: ArcSwap<Routes>,
+    changing: Mutex<()>,
 }
 
 impl Service {
     pub fn new(name: impl Into<String>) -> Self {
         Self {
             name: name.into(),
-            live: ArcSwapOption::empty(),
+            routes: ArcSwap::default(),
+            changing: Mutex::new(()),
         }
     }
 
-    /// The pool that takes this service's traffic now.
+    /// The pool that takes this service's traffic now (beside a canary).
     pub fn live(&self) -> Option<Arc<Pool>> {
-        self.live.load_full()
+        self.routes.load().live().cloned()
     }
 
-    /// The switch: from this instant new requests go to `pool`. Returns the
-    /// pool that was live, already retired, for the caller to drain.
+    /// The rollout under way, if any.
+    pub fn canary(&self) -> Option<Canary> {
+        self.routes.load().canary.clone()
+    }
+
+    /// Replaces the routes with what `change` makes of them, one change at a time.
+    fn change(&self, change: impl FnOnce(&mut Routes)) {
+        let _one = self.changing.lock().unwrap_or_else(|e| e.into_inner());
+        let mut routes = Routes::clone(&self.routes.load());
+        change(&mut routes);
+        self.routes.store(Arc::new(routes));
+    }
+
+    /// The switch: from this instant every new request goes to `pool` (a
+    /// canary's end, too). Returns the pool that was live, already retired,
+    /// for the caller to drain; it stays reachable by its color.
     pub fn switch(&self, pool: Arc<Pool>) -> Option<Arc<Pool>> {
-        let previous = self.live.swap(Some(pool));
-        if let Some(p) = &previous {
+        let mut previous = None;
+        let mut dropped = None;
+        self.change(|r| {
+            previous = r.live().filter(|p| !Arc::ptr_eq(p, &pool)).cloned();
+            dropped = r
+                .canary
+                .take()
+                .map(|c| c.pool().clone())
+                .filter(|p| !Arc::ptr_eq(p, &pool));
+            r.live = Some(pool.color);
+            r.by_color[slot(pool.color)] = Some(pool.clone());
+        });
+        for p in previous.iter().chain(dropped.iter()) {
             p.retire();
         }
         previous
+    }
+
+    /// Makes `pool` reachable by its color only (`X-Baton-Color`): a
+    /// candidate before its rollout.
+    pub fn stage(&self, pool: Arc<Pool>) {
+        let at = slot(pool.color);
+        self.change(|r| r.by_color[at] = Some(pool));
+    }
+
+    /// Gives a candidate its share of the traffic (again, at a new weight).
+    pub fn split(&self, canary: Canary) {
+        self.change(|r| {
+            r.by_color[slot(canary.pool().color)] = Some(canary.pool().clone());
+            r.canary = Some(canary);
+        });
+    }
+
+    /// Takes a canary's share back at once. Returns its pool, retired, for
+    /// the caller to drain.
+    pub fn withdraw(&self, color: Color) -> Option<Arc<Pool>> {
+        let mut withdrawn = None;
+        self.change(|r| {
+            if r.canary.as_ref().is_some_and(|c| c.pool().color == color) {
+                withdrawn = r.canary.take().map(|c| c.pool().clone());
+            }
+        });
+        if let Some(p) = &withdrawn {
+            p.retire();
+        }
+        withdrawn
+    }
+
+    /// Forgets what ran in `color` once it is stopped, unless it is live.
+    pub fn unstage(&self, color: Color) {
+        self.change(|r| {
+            let in_use =
+                r.live == Some(color) || r.canary.as_ref().is_some_and(|c| c.pool().color == color);
+            if !in_use {
+                r.by_color[slot(color)] = None;
+            }
+        });
     }
 }
 
@@ -134,6 +292,27 @@ impl HostTable {
     }
 }
 
+/// A request that says nothing but its Host.
+struct HostOnly<'a>(Option<&'a str>);
+
+impl Ask for HostOnly<'_> {
+    fn host(&self) -> Option<&str> {
+        self.0
+    }
+    fn color_header(&self) -> Option<&[u8]> {
+        None
+    }
+    fn cookies(&self) -> Option<&[u8]> {
+        None
+    }
+    fn header(&self, _: &str) -> Option<&[u8]> {
+        None
+    }
+    fn client_ip(&self) -> &str {
+        ""
+    }
+}
+
 fn strip_port(host: &str) -> &str {
     if host.starts_with('[') {
         return host.split(']').next().map(|h| &h[1..]).unwrap_or(host);
@@ -152,16 +331,14 @@ impl Router {
         self.table.store(Arc::new(table));
     }
 
-    /// The request path's lookup: host to service to live pool to target,
-    /// counted in flight. Lock-free: two `arc-swap` loads and atomic counters.
-    pub(crate) fn pick(&self, host: Option<&str>) -> Result<InFlight, NoRoute> {
+    /// The request path's lookup: host to service to pool to target, counted
+    /// in flight. Lock-free: two `arc-swap` loads and atomic counters.
+    pub(crate) fn pick(&self, ask: &impl Ask) -> Result<Picked, NoRoute> {
         // A pool retired between our load and our pick is replaced by then.
         for _ in 0..8 {
             let table = self.table.load();
-            let service = table.route(host).ok_or(NoRoute::UnknownHost)?;
-            let live = service.live.load();
-            let pool = live.as_ref().ok_or(NoRoute::NotLive)?;
-            match pick_from(pool) {
+            let service = table.route(ask.host()).ok_or(NoRoute::UnknownHost)?;
+            match service.routes.load().pick(ask) {
                 Err(NoRoute::Changing) => continue,
                 picked => return picked,
             }
@@ -172,7 +349,8 @@ impl Router {
     /// The target a request for `host` would go to now: the request path's
     /// lookup without the request, for benchmarks and diagnostics.
     pub fn probe(&self, host: Option<&str>) -> Result<SocketAddr, NoRoute> {
-        self.pick(host).map(|hold| hold.target().addr())
+        let ask = HostOnly(host);
+        self.pick(&ask).map(|p| p.hold.target().addr())
     }
 }
 

@@ -13,7 +13,10 @@ use std::sync::Arc;
 
 use baton_core::Color;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use crate::stats::Stats;
 
 /// One instance behind the proxy.
 #[derive(Debug)]
@@ -82,6 +85,8 @@ pub struct Pool {
     changed: Notify,
     /// Cancelled when a drain times out: upgraded connections close themselves.
     pub(crate) closing: CancellationToken,
+    /// What its requests came to, for canary analysis and metrics.
+    pub stats: Stats,
 }
 
 impl Pool {
@@ -94,6 +99,7 @@ impl Pool {
             retired: AtomicBool::new(false),
             changed: Notify::new(),
             closing: CancellationToken::new(),
+            stats: Stats::default(),
         }
     }
 
@@ -119,7 +125,7 @@ impl Pool {
     /// retire-then-read in [`Pool::retire`]: either the drain sees this
     /// request, or this request sees the retirement.
     pub(crate) fn pick(self: &Arc<Self>) -> Result<Option<InFlight>, Retired> {
-        let Some(guard) = self.pick_target() else {
+        let Some(guard) = self.pick_target(Instant::now()) else {
             return Ok(None);
         };
         if self.retired.load(Ordering::SeqCst) {
@@ -128,8 +134,9 @@ impl Pool {
         Ok(Some(guard))
     }
 
-    /// The next healthy target round-robin, counted in flight.
-    fn pick_target(self: &Arc<Self>) -> Option<InFlight> {
+    /// The next healthy target round-robin, counted in flight, whether the
+    /// pool is live or not: for requests that asked for its color.
+    pub(crate) fn pick_target(self: &Arc<Self>, started: Instant) -> Option<InFlight> {
         let n = self.targets.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         let target = (0..n)
@@ -139,6 +146,8 @@ impl Pool {
         Some(InFlight {
             pool: self.clone(),
             target: target.clone(),
+            started,
+            status: 0,
         })
     }
 
@@ -177,11 +186,15 @@ impl Pool {
 #[derive(Debug)]
 pub(crate) struct Retired;
 
-/// One request or upgraded connection using a target; counted until dropped.
+/// One request or upgraded connection using a target; counted until dropped,
+/// and recorded in its pool's stats then if it was answered.
 #[derive(Debug)]
 pub(crate) struct InFlight {
     pool: Arc<Pool>,
     target: Arc<Target>,
+    started: Instant,
+    /// The status the client got; 0 while there is none.
+    status: u16,
 }
 
 impl InFlight {
@@ -192,18 +205,38 @@ impl InFlight {
     /// Another target of the same pool, for a retry. Retirement does not
     /// matter here: this hold keeps the pool's drain waiting until it ends.
     pub(crate) fn another(&self) -> Option<InFlight> {
-        self.pool.pick_target()
+        self.pool.pick_target(self.started)
+    }
+
+    /// An attempt toward this target failed.
+    pub(crate) fn upstream_error(&self) {
+        self.pool.stats.upstream_error();
+    }
+
+    /// The client is answered with `status` (the target's, or baton's own).
+    pub(crate) fn answered(&mut self, status: u16) {
+        self.status = status;
     }
 
     /// Counts this as an upgraded connection for as long as it lives.
-    pub(crate) fn upgraded(self) -> Upgraded {
+    pub(crate) fn upgraded(mut self) -> Upgraded {
         self.target.upgraded.fetch_add(1, Ordering::Relaxed);
+        self.record();
         Upgraded(self)
+    }
+
+    /// Counts the answer once; an upgrade counts when it is made.
+    fn record(&mut self) {
+        if self.status != 0 {
+            self.pool.stats.record(self.status, self.started.elapsed());
+            self.status = 0;
+        }
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        self.record();
         let before = self.target.in_flight.fetch_sub(1, Ordering::SeqCst);
         if before == 1 && self.pool.is_retired() {
             self.pool.notify();

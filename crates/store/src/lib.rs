@@ -235,6 +235,28 @@ impl Store {
     }
 
     /// Deploys that never reached an outcome (baton died during them).
+    /// Finished deploys and rollbacks of each service, by outcome:
+    /// `(service, kind, phase, count)`.
+    pub fn deploy_counts(&self) -> Result<Vec<(String, DeployKind, Phase, u64)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT service, kind, phase, count(*) FROM deploys WHERE finished_at IS NOT NULL GROUP BY service, kind, phase ORDER BY service",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })?;
+        rows.map(|row| {
+            let (service, kind, phase, n) = row?;
+            Ok((service, from_text(&kind)?, from_text(&phase)?, n as u64))
+        })
+        .collect()
+    }
+
     pub fn unfinished_deploys(&self) -> Result<Vec<DeployRecord>> {
         self.deploys("WHERE finished_at IS NULL ORDER BY id", params![])
     }

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use baton_config::Config;
-use baton_proxy::{DrainReport, HostTable, Pool, Proxy, Service};
+use baton_core::Color;
+use baton_proxy::{Canary, DrainReport, HostTable, Pool, Proxy, Service};
 
 use crate::{Preview, Traffic, TrafficError};
 
@@ -59,6 +60,30 @@ impl Traffic for Builtin {
 
     fn switch(&self, service: &str, to: Arc<Pool>) -> Result<Option<Arc<Pool>>, TrafficError> {
         Ok(self.service(service)?.switch(to))
+    }
+
+    fn stage(&self, service: &str, pool: Arc<Pool>) -> Result<(), TrafficError> {
+        self.service(service)?.stage(pool);
+        Ok(())
+    }
+
+    fn split(&self, service: &str, canary: Canary) -> Result<(), TrafficError> {
+        self.service(service)?.split(canary);
+        Ok(())
+    }
+
+    fn withdraw(&self, service: &str, color: Color) -> Option<Arc<Pool>> {
+        self.services.get(service)?.withdraw(color)
+    }
+
+    fn unstage(&self, service: &str, color: Color) {
+        if let Some(s) = self.services.get(service) {
+            s.unstage(color);
+        }
+    }
+
+    fn canary(&self, service: &str) -> Option<Canary> {
+        self.services.get(service)?.canary()
     }
 
     async fn drain(&self, pool: &Pool, timeout: Duration) -> DrainReport {

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use baton_proxy::{DrainReport, Pool};
+use baton_core::Color;
+use baton_proxy::{Canary, DrainReport, Pool};
 
 pub use builtin::Builtin;
 
@@ -46,9 +47,25 @@ pub trait Traffic: Send + Sync {
     /// A route to `candidate` alone, before it takes any user traffic.
     async fn preview(&self, service: &str, candidate: &Arc<Pool>) -> Result<Preview, TrafficError>;
 
-    /// The switch: all of the service's new requests go to `to` from now on.
-    /// Returns the pool that was live, for draining.
+    /// The switch: all of the service's new requests go to `to` from now on
+    /// (a canary's promotion too). Returns the pool that was live, for draining.
     fn switch(&self, service: &str, to: Arc<Pool>) -> Result<Option<Arc<Pool>>, TrafficError>;
+
+    /// Makes a pool reachable by its color alone (`X-Baton-Color`), before
+    /// it takes any share of the traffic.
+    fn stage(&self, service: &str, pool: Arc<Pool>) -> Result<(), TrafficError>;
+
+    /// Gives a candidate its share of the traffic, or a new share.
+    fn split(&self, service: &str, canary: Canary) -> Result<(), TrafficError>;
+
+    /// Takes a candidate's share back at once; returns its pool, for draining.
+    fn withdraw(&self, service: &str, color: Color) -> Option<Arc<Pool>>;
+
+    /// Forgets a color whose instances are stopped.
+    fn unstage(&self, service: &str, color: Color);
+
+    /// The rollout under way.
+    fn canary(&self, service: &str) -> Option<Canary>;
 
     /// Waits for the requests and connections still using `pool` to finish.
     async fn drain(&self, pool: &Pool, timeout: Duration) -> DrainReport;

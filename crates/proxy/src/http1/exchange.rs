@@ -18,9 +18,13 @@ use super::body::Remaining;
 use super::connections::Upstream;
 use super::head::{self, Framing, Request, Response};
 use super::Buffers;
+use crate::ask::Ask;
+use crate::canary::SetCookie;
 use crate::forward::{
     body_and_answer, read_head_more, Attempts, Failed, Forwarder, Progress, Routing,
 };
+use crate::forwarded::Peer;
+use crate::router::Picked;
 use crate::target::InFlight;
 use crate::tunnel;
 
@@ -36,21 +40,55 @@ pub(super) struct Exchange<'a> {
     pub(super) forwarder: &'a Forwarder,
     pub(super) routing: &'a Routing,
     pub(super) client: &'a mut TcpStream,
+    pub(super) peer: &'a Peer,
     pub(super) bufs: &'a mut Buffers,
     pub(super) req: Request,
+}
+
+/// The request as routing sees it: the parsed head's facts over its bytes.
+struct Head<'a> {
+    bytes: &'a [u8],
+    req: &'a Request,
+    peer: &'a Peer,
+}
+
+impl Head<'_> {
+    fn field(&self, range: &Option<std::ops::Range<usize>>) -> Option<&[u8]> {
+        range.clone().map(|r| &self.bytes[r])
+    }
+}
+
+impl Ask for Head<'_> {
+    fn host(&self) -> Option<&str> {
+        self.field(&self.req.host)
+            .and_then(|h| std::str::from_utf8(h).ok())
+    }
+    fn color_header(&self) -> Option<&[u8]> {
+        self.field(&self.req.color)
+    }
+    fn cookies(&self) -> Option<&[u8]> {
+        self.field(&self.req.cookies)
+    }
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        head::find_field(&self.bytes[..self.req.head_len], name)
+    }
+    fn client_ip(&self) -> &str {
+        self.peer.ip()
+    }
 }
 
 impl Exchange<'_> {
     /// Runs the exchange to its end; the head is at the front of `bufs.client`
     /// and its rewritten form in `bufs.out`.
     pub(super) async fn run(mut self) -> After {
-        let host = self.req.host.clone().map(|r| &self.bufs.client[r]);
-        let picked = self
-            .routing
-            .pick(host.and_then(|h| std::str::from_utf8(h).ok()));
+        let picked = self.routing.pick(&Head {
+            bytes: &self.bufs.client,
+            req: &self.req,
+            peer: self.peer,
+        });
         self.bufs.client.advance(self.req.head_len);
-        let hold = match picked {
-            Ok(hold) => hold,
+        let Picked { hold, cookie } = match picked {
+            Ok(picked) => picked,
             Err(no) => return self.reply(no.status(), &format!("baton: {no}\n")).await,
         };
         let mut body = Remaining::new(self.req.framing);
@@ -64,7 +102,7 @@ impl Exchange<'_> {
 
         let mut attempts = Attempts::new(hold);
         while let Some(mut upstream) = attempts.next(self.forwarder).await {
-            match self.send(&mut upstream, &mut body).await {
+            match self.send(&mut upstream, &mut body, cookie.as_ref()).await {
                 Ok(resp) => {
                     let hold = attempts.into_hold();
                     return self.finish(upstream, resp, body, hold).await;
@@ -76,13 +114,15 @@ impl Exchange<'_> {
                     break;
                 }
                 Err(Failed::TimedOut) => {
+                    attempts.answered(504);
                     return self
                         .reply(504, "baton: the target did not answer in time\n")
-                        .await
+                        .await;
                 }
                 Err(Failed::Client(_) | Failed::Broken) => return After::Close,
             }
         }
+        attempts.answered(502);
         let text = format!("baton: upstream error: {}\n", attempts.last_error);
         self.reply_closing(502, &text, !body.is_done()).await
     }
@@ -95,6 +135,7 @@ impl Exchange<'_> {
         &mut self,
         upstream: &mut Upstream,
         body: &mut Remaining,
+        cookie: Option<&SetCookie>,
     ) -> Result<Response, Failed> {
         let Buffers {
             client: client_buf,
@@ -136,6 +177,7 @@ impl Exchange<'_> {
             },
             &self.req,
             &progress,
+            cookie,
             timeouts.response,
         );
         body_and_answer(&progress, copy, answer, timeouts.response).await
@@ -148,8 +190,9 @@ impl Exchange<'_> {
         upstream: Upstream,
         resp: Response,
         request: Remaining,
-        hold: InFlight,
+        mut hold: InFlight,
     ) -> After {
+        hold.answered(resp.status);
         if resp.status == 101 {
             return self.tunnel(upstream, hold).await;
         }
@@ -224,6 +267,7 @@ async fn relay_response<R, W>(
     leg: ResponseLeg<'_, R, W>,
     req: &Request,
     progress: &Progress,
+    cookie: Option<&SetCookie>,
     stall: Duration,
 ) -> Result<Response, Failed>
 where
@@ -243,6 +287,9 @@ where
     leg.buf.advance(resp.head_len);
     if resp.status == 101 {
         return Ok(resp);
+    }
+    if let Some(cookie) = cookie {
+        head::add_set_cookie(leg.out, cookie);
     }
     if let Framing::Length(n) = resp.framing {
         // A small body often trails its head by microseconds (a separate

@@ -8,6 +8,7 @@
 
 use std::ops::Range;
 
+use crate::canary::SetCookie;
 use crate::forwarded::{Peer, RequestIds};
 
 /// Largest request or response head accepted.
@@ -47,6 +48,10 @@ pub(crate) struct Request {
     pub(crate) head_method: bool,
     /// The Host header's value, for routing.
     pub(crate) host: Option<Range<usize>>,
+    /// The `X-Baton-Color` header's value.
+    pub(crate) color: Option<Range<usize>>,
+    /// The (first) Cookie header's value.
+    pub(crate) cookies: Option<Range<usize>>,
 }
 
 /// A target's response head.
@@ -196,6 +201,8 @@ pub(crate) fn parse_request(
         idempotent: is_idempotent(method),
         head_method: method == "HEAD",
         host: host.map(|h| range_in(buf, h)),
+        color: scan.color.map(|c| range_in(buf, c)),
+        cookies: scan.cookies.map(|c| range_in(buf, c)),
     }))
 }
 
@@ -383,6 +390,8 @@ struct Scan<'a> {
     upgrade: Option<&'a [u8]>,
     forwarded_for: Option<&'a [u8]>,
     request_id: bool,
+    color: Option<&'a [u8]>,
+    cookies: Option<&'a [u8]>,
     length: Option<u64>,
     /// `Some(true)` when Transfer-Encoding ends in chunked.
     chunked: Option<bool>,
@@ -419,6 +428,10 @@ impl<'a> Scan<'a> {
                 scan.forwarded_for = Some(h.value);
             } else if name.eq_ignore_ascii_case(b"x-request-id") {
                 scan.request_id = true;
+            } else if name.eq_ignore_ascii_case(b"cookie") {
+                scan.cookies.get_or_insert(h.value);
+            } else if name.eq_ignore_ascii_case(b"x-baton-color") {
+                scan.color = Some(h.value);
             }
         }
         Ok(scan)
@@ -470,6 +483,25 @@ fn is_framing_or_host(name: &[u8]) -> bool {
     name.eq_ignore_ascii_case(b"content-length")
         || name.eq_ignore_ascii_case(b"transfer-encoding")
         || name.eq_ignore_ascii_case(b"host")
+}
+
+/// Adds a `Set-Cookie` field to a rendered head (it ends with its blank line).
+pub(crate) fn add_set_cookie(out: &mut Vec<u8>, cookie: &SetCookie) {
+    out.truncate(out.len().saturating_sub(2));
+    out.extend_from_slice(b"set-cookie: ");
+    cookie.write_value(out);
+    out.extend_from_slice(b"\r\n\r\n");
+}
+
+/// The first field named `name` (lower-case) in a raw request head: the
+/// rare lookup of a header chosen by configuration, after parsing.
+pub(crate) fn find_field<'a>(head: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    head.split(|&b| b == b'\n').skip(1).find_map(|line| {
+        let (field, value) = line.split_at(line.iter().position(|&b| b == b':')?);
+        field
+            .eq_ignore_ascii_case(name.as_bytes())
+            .then(|| trim(&value[1..]))
+    })
 }
 
 fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {

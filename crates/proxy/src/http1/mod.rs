@@ -200,6 +200,7 @@ async fn one_request(
         forwarder,
         routing,
         client,
+        peer,
         bufs: &mut bufs,
         req,
     };
