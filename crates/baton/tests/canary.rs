@@ -428,3 +428,98 @@ fn x_baton_color_reaches_each_color_before_and_during_a_rollout() {
     // A stale color cookie falls back to the live release.
     assert_eq!(client.get("cookie: baton-color=green\r\n").version(), "v1");
 }
+
+#[test]
+fn a_restart_resumes_the_rollout_at_its_step_and_weight() {
+    let (mut b, _) = canary_baton(Setup {
+        steps:
+            "steps = [ { weight = 5, pause = \"forever\" }, { weight = 25, pause = \"forever\" } ]",
+        analysis: "interval = \"500ms\"\ninconclusive = \"continue\"",
+        ..Setup::default()
+    });
+    b.start();
+    b.ok(&["deploy", "web", "v1"]);
+    let deploy = b.spawn_cli(&["deploy", "web", "v2"]);
+    wait_until("step 1", Duration::from_secs(30), || {
+        canary_status(&b)["step"] == 1
+    });
+    b.ok(&["promote", "web"]);
+    wait_until("step 2", Duration::from_secs(30), || {
+        canary_status(&b)["step"] == 2
+    });
+    let candidate = b.app_pids("v2");
+
+    b.kill9();
+    let lost = wait_child("the deploy's client", deploy, Duration::from_secs(30));
+    assert_eq!(lost.status.code(), Some(3), "{}", text(&lost.stderr));
+    b.start();
+    wait_until("the resumed rollout", Duration::from_secs(30), || {
+        let canary = canary_status(&b);
+        canary["step"] == 2 && canary["weight"] == 2500
+    });
+    assert_eq!(
+        b.app_pids("v2"),
+        candidate,
+        "the candidate was adopted, not restarted"
+    );
+    let status = b.status("web");
+    assert_eq!(status["active"]["version"], "v1", "{status}");
+    assert_eq!(status["deploy"]["phase"], "canary", "{status}");
+    let mut client = Client::new(b.port);
+    let on_candidate = (0..400)
+        .filter(|_| client.get("").version() == "v2")
+        .count();
+    assert!(
+        (40..=180).contains(&on_candidate),
+        "{on_candidate} of 400 at 25%"
+    );
+
+    b.ok(&["promote", "web", "--full"]);
+    wait_until("the promotion", Duration::from_secs(30), || {
+        b.status("web")["active"]["version"] == "v2"
+    });
+    assert_eq!(b.history("web")[0]["phase"], "done");
+}
+
+#[test]
+fn a_rollout_whose_deadline_passed_while_baton_was_down_is_rolled_back() {
+    let (mut b, _) = canary_baton(Setup {
+        steps: "steps = [ { weight = 5, pause = \"forever\" } ]",
+        canary: "deadline = \"3s\"",
+        analysis: "interval = \"500ms\"\ninconclusive = \"continue\"",
+        ..Setup::default()
+    });
+    b.start();
+    b.ok(&["deploy", "web", "v1"]);
+    let deploy = b.spawn_cli(&["deploy", "web", "v2"]);
+    wait_until("step 1", Duration::from_secs(30), || {
+        canary_status(&b)["step"] == 1
+    });
+    let candidate = b.app_pids("v2");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    b.kill9();
+    wait_child("the deploy's client", deploy, Duration::from_secs(30));
+    wait_until("the deadline to pass", Duration::from_secs(10), || {
+        Instant::now() > deadline
+    });
+
+    b.start();
+    let status = b.status("web");
+    assert_eq!(status["active"]["version"], "v1", "{status}");
+    assert!(status["deploy"].is_null(), "{status}");
+    let last = &b.history("web")[0];
+    assert_eq!(last["phase"], "failed", "{last}");
+    assert!(
+        last["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("deadline passed"),
+        "{last}"
+    );
+    assert!(
+        candidate.iter().all(|&pid| !pid_alive(pid)),
+        "the candidate is stopped"
+    );
+    let mut client = Client::new(b.port);
+    assert!((0..100).all(|_| client.get("").version() == "v1"));
+}

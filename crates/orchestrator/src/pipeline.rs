@@ -160,6 +160,26 @@ async fn instant_rollback(
     .await
 }
 
+/// Takes up a canary rollout that a restart interrupted, at the step and
+/// weight it had reached (the step's pause starts over).
+pub(crate) async fn resume(
+    job: Job<'_>,
+    slots: &mut Slots,
+    record: &DeployRecord,
+    mut machine: Deploy,
+    candidate: Live,
+    deadline_at: i64,
+) -> Result<DeployRecord, DeployError> {
+    let run = Run::resumed(job, record, candidate, deadline_at);
+    let step = machine.rollout().map(|r| r.step + 1).unwrap_or(1);
+    run.say(format!(
+        "resuming the canary of {} ({}) at step {step} after a restart",
+        record.version, record.color
+    ));
+    let actions = machine.resume();
+    run.execute((machine, actions), slots).await
+}
+
 /// The newest version that served successfully and is not live now.
 fn last_other_version(
     shared: &Shared,
@@ -189,6 +209,8 @@ struct Run<'a> {
     live: Option<Live>,
     /// The canary rollout, from its first step on.
     rollout: Option<Rollout>,
+    /// When a resumed rollout must be over (unix ms), as first recorded.
+    deadline_at: Option<i64>,
 }
 
 impl<'a> Run<'a> {
@@ -225,7 +247,37 @@ impl<'a> Run<'a> {
             instances: Vec::new(),
             live: None,
             rollout: None,
+            deadline_at: None,
         })
+    }
+
+    /// A canary deploy taken up again after a restart, its candidate adopted.
+    fn resumed(job: Job<'a>, record: &DeployRecord, candidate: Live, deadline_at: i64) -> Self {
+        let Job {
+            shared,
+            svc,
+            claim,
+            progress,
+        } = job;
+        claim.update(|d| {
+            d.id = Some(record.id);
+            d.color = Some(record.color);
+            d.phase = Phase::Canary;
+        });
+        Self {
+            shared,
+            svc,
+            claim,
+            progress,
+            id: record.id,
+            color: record.color,
+            version: record.version.clone(),
+            phase: Phase::Canary,
+            instances: candidate.instances.clone(),
+            live: Some(candidate),
+            rollout: None,
+            deadline_at: Some(deadline_at),
+        }
     }
 
     fn say(&self, message: String) {
@@ -257,7 +309,7 @@ impl<'a> Run<'a> {
                         Action::RunSmoke => self.smoke().await,
                         Action::Switch => self.switch(slots)?,
                         Action::SetWeight(weight) => {
-                            self.set_weight(weight, slots);
+                            self.set_weight(weight, slots)?;
                             continue;
                         }
                         Action::HoldStep { step, pause } => {
@@ -278,7 +330,7 @@ impl<'a> Run<'a> {
                 None => break,
             };
             queue.extend(machine.on(event));
-            self.show_rollout(&machine);
+            self.keep_rollout(&machine)?;
         }
         let record = self.shared.store.deploy(self.id)?;
         match machine.phase {
@@ -458,26 +510,36 @@ impl<'a> Run<'a> {
     }
 
     /// Gives the candidate `weight` of the traffic; the first time, opens
-    /// the rollout and the way for commands to reach it.
-    fn set_weight(&mut self, weight: Weight, slots: &Slots) {
+    /// the rollout (its deadline recorded) and the way for commands to reach it.
+    fn set_weight(&mut self, weight: Weight, slots: &Slots) -> Result<(), DeployError> {
         if self.rollout.is_none() {
             let (Some(candidate), Some(live)) = (&self.live, &slots.active) else {
-                return;
+                return Ok(());
             };
+            let deadline_at = match self.deadline_at {
+                Some(at) => at,
+                None => {
+                    let at = now_ms() + self.svc.cfg.canary.deadline.as_millis() as i64;
+                    self.shared.store.begin_rollout(self.id, at)?;
+                    at
+                }
+            };
+            let left = Duration::from_millis((deadline_at - now_ms()).max(0) as u64);
             let (tx, rx) = mpsc::unbounded_channel();
             self.svc.view().rollout = Some(tx);
             self.rollout = Some(Rollout::new(
                 &self.svc.cfg.name,
                 self.id,
                 &self.svc.cfg.canary,
-                candidate.pool.clone(),
-                live.pool.clone(),
+                (candidate.pool.clone(), live.pool.clone()),
+                left,
                 rx,
             ));
         }
         if let Some(rollout) = &mut self.rollout {
             rollout.set_weight(self.shared, weight);
         }
+        Ok(())
     }
 
     fn hold(&mut self, step: usize, pause: Pause) {
@@ -527,14 +589,19 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// What `status` shows of the rollout.
-    fn show_rollout(&mut self, machine: &Deploy) {
+    /// Keeps the rollout's state where a restart finds it, and where
+    /// `status` shows it.
+    fn keep_rollout(&mut self, machine: &Deploy) -> Result<(), DeployError> {
         let (Some(rollout), Some(state)) = (&mut self.rollout, machine.rollout()) else {
-            return;
+            return Ok(());
         };
+        if machine.phase == Phase::Canary {
+            self.shared.store.save_rollout(self.id, machine)?;
+        }
         rollout.sync(state);
         let status = rollout.status.clone();
         self.claim.update(|d| d.canary = Some(status));
+        Ok(())
     }
 
     /// The deploy failed: stop what it started and record why.

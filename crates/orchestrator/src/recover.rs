@@ -5,14 +5,19 @@
 //! that are gone are started anew. A deploy that was interrupted is ended:
 //! before its switch it failed (its candidate is stopped); if it had recorded
 //! the intent to switch and its candidate still runs, the switch is completed.
+//! A canary rollout whose candidate still runs is resumed at the step and
+//! weight it had reached, unless its deadline passed meanwhile: then it is
+//! rolled back. It never lands on 100% without its analysis.
 
 use std::sync::Arc;
 
-use baton_core::Phase;
+use baton_core::{Deploy, DeployKind, Phase};
 use baton_proxy::{HealthCheck, Pool, Target};
 use baton_runtime::Instance;
-use baton_store::{now_ms, Release, Role, StoreError};
+use baton_store::{now_ms, DeployRecord, Release, Role, SavedRollout, StoreError};
+use tokio::sync::mpsc;
 
+use crate::pipeline::{self, Job};
 use crate::retire;
 use crate::service::{Live, ServiceState, Slots};
 use crate::Shared;
@@ -25,6 +30,7 @@ pub(crate) async fn service(
     let name = &svc.cfg.name;
     let store = &shared.store;
     let mut releases = store.releases(name)?;
+    let mut resuming = None;
 
     for deploy in store
         .unfinished_deploys()?
@@ -44,6 +50,23 @@ pub(crate) async fn service(
                 store.record_switch(deploy.id, name, deploy.color, retire_at)?;
                 releases = store.releases(name)?;
             }
+            (Phase::Canary, Some(c)) if alive => match store.rollout(deploy.id)? {
+                Some(SavedRollout {
+                    deadline_at,
+                    machine: Some(machine),
+                }) if deadline_at > now_ms() => {
+                    tracing::warn!(service = %name, version = %deploy.version, "resuming a canary rollout interrupted by a restart");
+                    resuming = Some((deploy, machine, deadline_at, c.color));
+                }
+                _ => {
+                    let why = "interrupted: the rollout's deadline passed while baton was down";
+                    tracing::warn!(service = %name, version = %deploy.version, "{why}: rolled back");
+                    retire::stop_instances(shared, svc, &c.instances).await;
+                    store.remove_release(name, c.color)?;
+                    store.fail_deploy(deploy.id, why, None)?;
+                    releases = store.releases(name)?;
+                }
+            },
             (phase, candidate) => {
                 let why = format!("interrupted: baton restarted during {phase:?}").to_lowercase();
                 tracing::warn!(service = %name, version = %deploy.version, "{why}");
@@ -57,8 +80,13 @@ pub(crate) async fn service(
         }
     }
 
+    let mut candidate = None;
     for release in releases {
+        let resumed = resuming.as_ref().map(|r| r.3);
         match release.role {
+            Role::Candidate if resumed == Some(release.color) => {
+                candidate = Some(adopt(shared, svc, release).await?);
+            }
             Role::Active => {
                 let live = adopt(shared, svc, release).await?;
                 shared.traffic.switch(name, live.pool.clone()).ok();
@@ -80,7 +108,46 @@ pub(crate) async fn service(
             }
         }
     }
+    if let (Some((deploy, machine, deadline_at, _)), Some(candidate)) = (resuming, candidate) {
+        resume_later(shared, svc, deploy, machine, candidate, deadline_at);
+    }
     Ok(())
+}
+
+/// Resumes a rollout once recovery lets go of the service: in its own
+/// task, since no client waits for it; its progress goes to the log.
+fn resume_later(
+    shared: &Arc<Shared>,
+    svc: &Arc<ServiceState>,
+    deploy: DeployRecord,
+    machine: Deploy,
+    candidate: Live,
+    deadline_at: i64,
+) {
+    let (shared, svc) = (shared.clone(), svc.clone());
+    tokio::spawn(async move {
+        let name = &svc.cfg.name;
+        let claim = match svc.claim(DeployKind::Deploy, &deploy.version) {
+            Ok(claim) => claim,
+            Err(e) => {
+                return tracing::error!(service = %name, error = %e, "cannot resume the rollout")
+            }
+        };
+        let mut slots = svc.slots.lock().await;
+        let (progress, _) = mpsc::unbounded_channel();
+        let job = Job {
+            shared: &shared,
+            svc: &svc,
+            claim,
+            progress,
+        };
+        match pipeline::resume(job, &mut slots, &deploy, machine, candidate, deadline_at).await {
+            Ok(_) => {
+                tracing::info!(service = %name, version = %deploy.version, "resumed rollout promoted")
+            }
+            Err(e) => tracing::warn!(service = %name, error = %e, "resumed rollout ended"),
+        }
+    });
 }
 
 fn all_alive(shared: &Shared, instances: &[Instance]) -> bool {

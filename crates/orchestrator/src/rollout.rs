@@ -79,12 +79,13 @@ pub(crate) struct Rollout {
 }
 
 impl Rollout {
+    /// A rollout of `candidate` beside `live`, to be over within `left`.
     pub(crate) fn new(
         service: &str,
         deploy: i64,
         cfg: &CanaryConfig,
-        candidate: Arc<Pool>,
-        live: Arc<Pool>,
+        (candidate, live): (Arc<Pool>, Arc<Pool>),
+        left: Duration,
         commands: mpsc::UnboundedReceiver<Command>,
     ) -> Self {
         let now = Instant::now();
@@ -98,7 +99,7 @@ impl Rollout {
             canary: None,
             hold: None,
             next_interval: now + cfg.analysis.interval,
-            deadline: now + cfg.deadline,
+            deadline: now + left,
             commands,
             status: RolloutStatus {
                 steps: cfg.plan.steps.len(),

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use baton_core::{Color, DeployKind, Phase};
+use baton_core::{Color, Deploy, DeployKind, Phase};
 use baton_runtime::Instance;
 use rusqlite::{params, Connection};
 use serde::Serialize;
@@ -67,6 +67,15 @@ pub struct DeployRecord {
     pub log_tail: Option<String>,
 }
 
+/// A canary rollout as stored: enough to resume it after a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedRollout {
+    /// Unix ms; a rollout not over by then is rolled back.
+    pub deadline_at: i64,
+    /// The deploy state machine at its last event.
+    pub machine: Option<Deploy>,
+}
+
 /// The state database.
 pub struct Store {
     conn: Mutex<Connection>,
@@ -96,6 +105,11 @@ CREATE TABLE IF NOT EXISTS deploys (
     log_tail     TEXT
 );
 CREATE INDEX IF NOT EXISTS deploys_by_service ON deploys (service, id);
+CREATE TABLE IF NOT EXISTS rollouts (
+    deploy      INTEGER PRIMARY KEY REFERENCES deploys (id),
+    deadline_at INTEGER NOT NULL,
+    machine     TEXT
+);
 ";
 
 /// Milliseconds since the epoch, the store's clock.
@@ -234,7 +248,49 @@ impl Store {
         finish(&self.conn(), id, Phase::Failed, Some(error), log_tail)
     }
 
-    /// Deploys that never reached an outcome (baton died during them).
+    /// Records that a deploy is a canary rollout, to be over by `deadline_at`.
+    pub fn begin_rollout(&self, deploy: i64, deadline_at: i64) -> Result<()> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO rollouts (deploy, deadline_at) VALUES (?1, ?2)",
+            params![deploy, deadline_at],
+        )?;
+        Ok(())
+    }
+
+    /// Keeps a rollout's state machine, so a restarted baton resumes it
+    /// at the same step and weight.
+    pub fn save_rollout(&self, deploy: i64, machine: &Deploy) -> Result<()> {
+        let json = serde_json::to_string(machine)
+            .map_err(|e| StoreError::Corrupt(format!("rollout: {e}")))?;
+        self.conn().execute(
+            "UPDATE rollouts SET machine = ?2 WHERE deploy = ?1",
+            params![deploy, json],
+        )?;
+        Ok(())
+    }
+
+    /// A deploy's rollout: its deadline and its last saved state.
+    pub fn rollout(&self, deploy: i64) -> Result<Option<SavedRollout>> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT deadline_at, machine FROM rollouts WHERE deploy = ?1")?;
+        let mut rows = stmt.query_map([deploy], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, Option<String>>(1)?))
+        })?;
+        let Some(row) = rows.next() else {
+            return Ok(None);
+        };
+        let (deadline_at, machine) = row?;
+        let machine = machine
+            .map(|m| serde_json::from_str(&m))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("rollout of deploy {deploy}: {e}")))?;
+        Ok(Some(SavedRollout {
+            deadline_at,
+            machine,
+        }))
+    }
+
     /// Finished deploys and rollbacks of each service, by outcome:
     /// `(service, kind, phase, count)`.
     pub fn deploy_counts(&self) -> Result<Vec<(String, DeployKind, Phase, u64)>> {
@@ -257,6 +313,7 @@ impl Store {
         .collect()
     }
 
+    /// Deploys that never reached an outcome (baton died during them).
     pub fn unfinished_deploys(&self) -> Result<Vec<DeployRecord>> {
         self.deploys("WHERE finished_at IS NULL ORDER BY id", params![])
     }
