@@ -16,7 +16,7 @@ use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use baton_orchestrator::{Orchestrator, RoutedPool};
+use baton_orchestrator::{Durations, Orchestrator, RoutedPool};
 use baton_proxy::stats::BOUNDS_US;
 use tokio::net::TcpListener;
 
@@ -39,6 +39,7 @@ pub async fn serve(listener: TcpListener, orchestrator: Arc<Orchestrator>) {
 async fn metrics(State(orchestrator): State<Arc<Orchestrator>>) -> impl IntoResponse {
     let mut out = String::with_capacity(8192);
     render_pools(&mut out, &orchestrator.routed());
+    render_durations(&mut out, &orchestrator.durations());
     match orchestrator.deploy_counts() {
         Ok(counts) => {
             family(
@@ -178,6 +179,36 @@ fn render_pools(out: &mut String, pools: &[RoutedPool]) {
             p.role,
             p.weight.percent() / 100.0
         );
+    }
+}
+
+fn render_durations(out: &mut String, all: &[(&str, &Durations, &Durations)]) {
+    summary(
+        out,
+        "baton_switch_duration_seconds",
+        "Time to move a service's traffic (the route table swap).",
+        all.iter()
+            .map(|(service, switches, _)| (*service, *switches)),
+    );
+    summary(
+        out,
+        "baton_drain_duration_seconds",
+        "Time for a release leaving traffic to finish what it served.",
+        all.iter().map(|(service, _, drains)| (*service, *drains)),
+    );
+}
+
+fn summary<'a>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    per_service: impl Iterator<Item = (&'a str, &'a Durations)>,
+) {
+    family(out, name, "summary", help);
+    for (service, d) in per_service {
+        let l = format!("service=\"{}\"", escape(service));
+        let _ = writeln!(out, "{name}_sum{{{l}}} {}", d.sum().as_secs_f64());
+        let _ = writeln!(out, "{name}_count{{{l}}} {}", d.count());
     }
 }
 

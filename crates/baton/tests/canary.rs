@@ -170,6 +170,10 @@ async fn a_healthy_candidate_goes_through_every_step_and_is_promoted() {
         metrics.contains("baton_deploys_total{service=\"web\",kind=\"deploy\",result=\"done\"} 2"),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("baton_switch_duration_seconds_count{service=\"web\"} 2"),
+        "{metrics}"
+    );
     assert!(metrics.contains("baton_request_duration_seconds_bucket{service=\"web\",color=\"green\",version=\"v2\",le=\"+Inf\"}"));
 }
 

@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::UnboundedSender;
 
 pub use rollout::{Command, RolloutStatus};
+pub use service::Durations;
 use service::ServiceState;
 pub use view::{DeployStatus, ReleaseStatus, RoutedPool, ServiceStatus, TargetStatus};
 
@@ -234,6 +235,14 @@ impl Orchestrator {
         self.services
             .values()
             .flat_map(|svc| view::routed(&self.shared, svc))
+            .collect()
+    }
+
+    /// How long each service's switches and drains took, for metrics.
+    pub fn durations(&self) -> Vec<(&str, &Durations, &Durations)> {
+        self.services
+            .values()
+            .map(|svc| (svc.cfg.name.as_str(), &svc.switches, &svc.drains))
             .collect()
     }
 

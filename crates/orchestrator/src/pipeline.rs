@@ -486,7 +486,10 @@ impl<'a> Run<'a> {
             return Ok(Event::Aborted("no candidate to switch to".into()));
         };
         let keep = self.svc.cfg.switch.keep_previous;
-        if let Err(e) = self.shared.traffic.switch(name, live.pool.clone()) {
+        let started = Instant::now();
+        let switched = self.shared.traffic.switch(name, live.pool.clone());
+        self.svc.switches.add(started.elapsed());
+        if let Err(e) = switched {
             self.shared
                 .store
                 .fail_deploy(self.id, &e.to_string(), None)?;

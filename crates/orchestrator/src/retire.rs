@@ -56,6 +56,7 @@ async fn run(
         report = shared.traffic.drain(&old.pool, svc.cfg.switch.drain_timeout) => report,
         _ = revive.cancelled() => return Some(old),
     };
+    svc.drains.add(drained.elapsed);
     if drained.timed_out {
         tracing::warn!(service = %name, version = %old.version, closed_upgraded = drained.closed_upgraded,
             abandoned = drained.abandoned, "drain timed out");

@@ -1,7 +1,9 @@
 //! One service's running state: its live release, the previous one being
 //! retired, and the deploy under way.
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use baton_config::ServiceConfig;
 use baton_core::{Color, DeployKind, Phase};
@@ -57,6 +59,31 @@ pub(crate) struct ServiceState {
     pub(crate) cfg: ServiceConfig,
     pub(crate) slots: tokio::sync::Mutex<Slots>,
     view: Mutex<View>,
+    /// How long switches and drains took, for metrics.
+    pub(crate) switches: Durations,
+    pub(crate) drains: Durations,
+}
+
+/// A count and a sum of durations: a Prometheus summary without quantiles.
+#[derive(Debug, Default)]
+pub struct Durations {
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Durations {
+    pub(crate) fn add(&self, took: Duration) {
+        self.count.fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(took.as_micros() as u64, Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Relaxed)
+    }
+
+    pub fn sum(&self) -> Duration {
+        Duration::from_micros(self.sum_us.load(Relaxed))
+    }
 }
 
 impl ServiceState {
@@ -65,6 +92,8 @@ impl ServiceState {
             cfg,
             slots: tokio::sync::Mutex::new(Slots::default()),
             view: Mutex::new(View::default()),
+            switches: Durations::default(),
+            drains: Durations::default(),
         }
     }
 
