@@ -82,6 +82,7 @@ fn error_response(e: &DeployError) -> Response {
     let status = match e {
         DeployError::UnknownService(_) => StatusCode::NOT_FOUND,
         DeployError::NoRollout { .. } => StatusCode::CONFLICT,
+        DeployError::Refused(_) => StatusCode::UNPROCESSABLE_ENTITY,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     (status, Json(serde_json::json!({ "error": e.to_string() }))).into_response()
@@ -189,7 +190,8 @@ fn outcome(result: Result<DeployRecord, DeployError>) -> Outcome {
                 DeployError::Busy { .. } => exit::BUSY,
                 DeployError::UnknownService(_)
                 | DeployError::NothingToRollBack { .. }
-                | DeployError::NoRollout { .. } => exit::BAD_INPUT,
+                | DeployError::NoRollout { .. }
+                | DeployError::Refused(_) => exit::BAD_INPUT,
                 DeployError::Store(_) => exit::FAILED,
             };
             let deploy = match e {

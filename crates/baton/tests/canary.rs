@@ -8,55 +8,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use baton_loadgen::LoadConfig;
 use support::*;
-
-/// What a test's canary service differs in.
-#[derive(Default)]
-struct Setup<'a> {
-    /// The `steps = [...]` line.
-    steps: &'a str,
-    /// More `[services.web.canary]` keys.
-    canary: &'a str,
-    /// The `[services.web.canary.analysis]` keys.
-    analysis: &'a str,
-    /// More `[services.web.switch]` keys.
-    switch: &'a str,
-    /// `strategy` left at its default (blue-green).
-    blue_green: bool,
-}
-
-/// A baton whose `web` service is the sample app (`bad` answers 5% 500s)
-/// with a canary rollout, and a metrics listener; its metrics URL.
-fn canary_baton(s: Setup) -> (Baton, String) {
-    let metrics = free_port();
-    let strategy = if s.blue_green {
-        ""
-    } else {
-        "strategy = \"canary\""
-    };
-    let b = Baton::new(&format!(
-        "[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n\
-         [services.web]\ncommand = {app}\n{strategy}\n\
-         [services.web.health]\ninterval = \"100ms\"\n\
-         [services.web.switch]\ndrain_timeout = \"2s\"\n{switch}\n\
-         [services.web.canary]\n{steps}\n{canary}\n\
-         [services.web.canary.analysis]\n{analysis}\n",
-        app = sample_app(&["--behave", "bad=error-rate:0.05"]),
-        switch = s.switch,
-        steps = s.steps,
-        canary = s.canary,
-        analysis = s.analysis,
-    ));
-    (b, format!("http://127.0.0.1:{metrics}/metrics"))
-}
-
-fn keep_alive_load(b: &Baton, connections: usize) -> baton_loadgen::LoadHandle {
-    let mut cfg = LoadConfig::new(b.url("/"));
-    cfg.connections = connections;
-    cfg.pause_between_requests = Duration::from_millis(1);
-    baton_loadgen::start(cfg)
-}
 
 fn canary_status(b: &Baton) -> serde_json::Value {
     b.status("web")["deploy"]["canary"].clone()

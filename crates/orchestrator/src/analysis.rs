@@ -58,6 +58,10 @@ pub struct Check {
     pub threshold: f64,
     /// `pass`, `fail` or `inconclusive`.
     pub result: Outcome,
+    /// What an external check's answer said, or why it has no value; when
+    /// set, it is what the check is described by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,11 +99,24 @@ impl Check {
             bound,
             threshold,
             result,
+            note: None,
         }
     }
 
-    /// `error_rate 0.052 > max 0.01`.
+    /// The same check, described by `note` rather than its numbers.
+    pub fn with_note(self, note: impl Into<String>) -> Self {
+        Self {
+            note: Some(note.into()),
+            ..self
+        }
+    }
+
+    /// `error_rate 0.052 > max 0.01`, or `webhook[0] URL: answered 500 …`
+    /// for a check with a note.
     pub fn describe(&self) -> String {
+        if let Some(note) = &self.note {
+            return format!("{}: {note}", self.metric);
+        }
         let value = self
             .value
             .map(|v| format!("{}", round(v)))

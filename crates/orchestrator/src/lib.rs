@@ -10,8 +10,10 @@
 //! - `retire`: draining, keeping warm, and stopping a previous release.
 //! - `recover`: what a restarted baton does with what it finds.
 //! - `view`: what `status` reports.
+//! - `checks`: the analysis checks that ask Prometheus or a webhook.
 
 pub mod analysis;
+mod checks;
 mod pipeline;
 mod recover;
 mod retire;
@@ -50,6 +52,10 @@ pub enum DeployError {
     NoRollout { service: String },
     #[error("deploy of {} {} failed: {}", .0.service, .0.version, .0.error.as_deref().unwrap_or("unknown error"))]
     Failed(Box<DeployRecord>),
+    /// Refused before anything started (e.g. a Prometheus query that
+    /// Prometheus rejects): one line naming the configuration key.
+    #[error("deploy refused: {0}")]
+    Refused(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }

@@ -17,6 +17,7 @@ use baton_runtime::{Instance, InstanceSpec};
 use baton_store::{now_ms, DeployRecord, Release, Role};
 use tokio::sync::mpsc;
 
+use crate::checks;
 use crate::retire;
 use crate::rollout::{self, Next, Rollout};
 use crate::service::{Claim, Live, ServiceState, Slots};
@@ -46,6 +47,19 @@ pub(crate) async fn deploy(
         .as_ref()
         .map(|a| a.color.other())
         .unwrap_or(Color::Blue);
+    let canary = req.canary || job.svc.cfg.strategy == Strategy::Canary;
+    let plan = match (&slots.active, canary) {
+        (Some(_), true) => Some(job.svc.cfg.canary.plan.clone()),
+        _ => None,
+    };
+    if plan.is_some() {
+        // Before anything is recorded or started: a query Prometheus
+        // rejects would leave every interval inconclusive.
+        let analysis = &job.svc.cfg.canary.analysis;
+        checks::validate(analysis, &job.svc.cfg.name)
+            .await
+            .map_err(DeployError::Refused)?;
+    }
     let run = Run::begin(
         job,
         DeployKind::Deploy,
@@ -59,15 +73,9 @@ pub(crate) async fn deploy(
         .map(|a| format!("{} ({}) is live", a.version, a.color))
         .unwrap_or_else(|| "nothing live yet".to_string());
     run.say(format!("deploying {} to {color}; {live}", req.version));
-    let canary = req.canary || run.svc.cfg.strategy == Strategy::Canary;
-    let plan = match (&slots.active, canary) {
-        (Some(_), true) => Some(run.svc.cfg.canary.plan.clone()),
-        (None, true) => {
-            run.say("nothing is live: no canary to compare with, switching at once".into());
-            None
-        }
-        (_, false) => None,
-    };
+    if canary && plan.is_none() {
+        run.say("nothing is live: no canary to compare with, switching at once".into());
+    }
     if let Some(previous) = slots.previous.take() {
         run.say(format!(
             "retiring {} ({}) first to free its color",

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 
 use crate::analysis::{self, Analysis};
-use crate::Shared;
+use crate::{checks, Shared};
 
 /// Intervals kept for `status`.
 const KEEP_ANALYSES: usize = 50;
@@ -156,9 +156,7 @@ impl Rollout {
                     self.hold = Some((step, None));
                     return Next::Event(Event::PauseOver { step });
                 }
-                _ = sleep_until(self.next_interval) => {
-                    return Next::Analysed(self.analyse());
-                }
+                _ = sleep_until(self.next_interval) => break,
                 _ = sleep_until(self.deadline) => return Next::Event(Event::DeadlinePassed),
                 _ = poll.tick() => {
                     if let Some(why) = exited() {
@@ -167,24 +165,50 @@ impl Rollout {
                 }
             }
         }
+        // The interval is over: analysed outside the select, so that the
+        // external checks' requests are not cut short by another arm.
+        Next::Analysed(self.analyse().await)
     }
 
-    /// Ends an interval: measures both releases since the last one.
-    fn analyse(&mut self) -> Analysis {
+    /// Ends an interval: measures both releases since the last one, then
+    /// asks Prometheus and the webhooks, if any, before the verdict.
+    async fn analyse(&mut self) -> Analysis {
         let now = (self.candidate.stats.snapshot(), self.live.stats.snapshot());
         let cfg = &self.cfg.analysis;
-        let (candidate, live, checks) = analysis::measure(
+        let (candidate, live, mut checks) = analysis::measure(
             cfg,
             &now.0.since(&self.baseline.0),
             &now.1.since(&self.baseline.1),
         );
         self.baseline = now;
+        let (at_ms, step, weight) = (
+            now_ms(),
+            self.status.step.saturating_sub(1),
+            self.status.weight,
+        );
+        if !cfg.prometheus.is_empty() || !cfg.webhook.is_empty() {
+            let payload = serde_json::json!({
+                "service": self.service,
+                "deploy": self.deploy,
+                "version": self.candidate.version,
+                "color": self.candidate.color,
+                "live_version": self.live.version,
+                "at_ms": at_ms,
+                "step": step,
+                "weight": weight,
+                "candidate": candidate,
+                "live": live,
+                "checks": checks,
+            });
+            checks.extend(checks::external(cfg, &payload).await);
+        }
+        // From now: slow external checks do not shorten the next interval.
         self.next_interval = Instant::now() + cfg.interval;
         let verdict = analysis::verdict(cfg, &candidate, &checks);
         let analysis = Analysis {
-            at_ms: now_ms(),
-            step: self.status.step.saturating_sub(1),
-            weight: self.status.weight,
+            at_ms,
+            step,
+            weight,
             candidate,
             live,
             checks,

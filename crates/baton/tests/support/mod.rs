@@ -316,3 +316,56 @@ pub fn active_addrs(status: &serde_json::Value) -> Vec<String> {
     addrs.sort();
     addrs
 }
+
+// ---------------------------------------------------------------------------
+// Canary rollouts (tests/canary.rs, tests/canary_checks.rs).
+// ---------------------------------------------------------------------------
+
+/// What a test's canary service differs in.
+#[derive(Default)]
+pub struct Setup<'a> {
+    /// The `steps = [...]` line.
+    pub steps: &'a str,
+    /// More `[services.web.canary]` keys.
+    pub canary: &'a str,
+    /// The `[services.web.canary.analysis]` keys.
+    pub analysis: &'a str,
+    /// More `[services.web.switch]` keys.
+    pub switch: &'a str,
+    /// `strategy` left at its default (blue-green).
+    pub blue_green: bool,
+}
+
+/// A baton whose `web` service is the sample app (`bad` answers 5% 500s)
+/// with a canary rollout, and a metrics listener; its metrics URL.
+pub fn canary_baton(s: Setup) -> (Baton, String) {
+    let metrics = free_port();
+    let strategy = if s.blue_green {
+        ""
+    } else {
+        "strategy = \"canary\""
+    };
+    let b = Baton::new(&format!(
+        "[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n\
+         [services.web]\ncommand = {app}\n{strategy}\n\
+         [services.web.health]\ninterval = \"100ms\"\n\
+         [services.web.switch]\ndrain_timeout = \"2s\"\n{switch}\n\
+         [services.web.canary]\n{steps}\n{canary}\n\
+         [services.web.canary.analysis]\n{analysis}\n",
+        app = sample_app(&["--behave", "bad=error-rate:0.05"]),
+        switch = s.switch,
+        steps = s.steps,
+        canary = s.canary,
+        analysis = s.analysis,
+    ));
+    (b, format!("http://127.0.0.1:{metrics}/metrics"))
+}
+
+/// Load through the proxy over keep-alive connections, one request a
+/// millisecond on each.
+pub fn keep_alive_load(b: &Baton, connections: usize) -> baton_loadgen::LoadHandle {
+    let mut cfg = baton_loadgen::LoadConfig::new(b.url("/"));
+    cfg.connections = connections;
+    cfg.pause_between_requests = Duration::from_millis(1);
+    baton_loadgen::start(cfg)
+}
