@@ -3,7 +3,15 @@
 //! It starts `baton serve` as a separate process with the embedded sample app
 //! as the service, drives its own keep-alive load through the proxy, then
 //! deploys v2 (slow to start), a broken v3 (refused by the smoke check,
-//! traffic stays on v2), rolls back to v1, and prints what each phase cost.
+//! traffic stays on v2), rolls back to v1, and then two canary rollouts: a
+//! flaky v4 (1 answer in 20 is a 500), rolled back automatically at its
+//! first step, and a good v5, promoted step by step. Each analysis interval
+//! prints the candidate's weight and error rate as it comes; the closing
+//! table says what each phase cost.
+//!
+//! The flaky candidate's 500s do reach clients, at its small share, until
+//! the rollback: that is what a canary risks. They are counted apart, and
+//! the demo fails only on anything else.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -19,11 +27,20 @@ use crate::exit;
 
 const CONNECTIONS: usize = 32;
 
+/// The canary candidates: one that answers 500 to 1 request in 20, one that
+/// is fine.
+const FLAKY: &str = "v4";
+const GOOD: &str = "v5";
+/// The rollout's first step, in percent: the flaky candidate's share.
+const FIRST_STEP: u64 = 10;
+
 /// One row of the closing table.
 struct Row {
     phase: &'static str,
     result: String,
     stats: Stats,
+    /// Of `stats.failed()`, the flaky candidate's injected 500s.
+    injected: u64,
 }
 
 pub async fn run() -> anyhow::Result<u8> {
@@ -32,16 +49,33 @@ pub async fn run() -> anyhow::Result<u8> {
     demo.stop().await;
     let rows = outcome?;
     print_table(&rows);
-    let lost: u64 = rows.iter().map(|r| r.stats.failed()).sum();
+    let failed: u64 = rows.iter().map(|r| r.stats.failed()).sum();
+    let injected: u64 = rows.iter().map(|r| r.injected).sum();
+    let lost = failed - injected;
     let expected = rows.iter().all(|r| !r.result.starts_with("UNEXPECTED"));
     println!();
     if lost == 0 && expected {
-        println!("No request lost; the broken release never took traffic.");
-        Ok(0)
-    } else {
-        println!("{lost} request(s) failed during the demo.");
-        Ok(exit::FAILED)
+        if injected > 0 {
+            println!(
+                "{injected} request(s) answered 500 by the flaky {FLAKY} at its {FIRST_STEP}% \
+                 share before the automatic rollback (expected)."
+            );
+            println!("No other request failed; the broken v3 never took traffic.");
+        } else {
+            println!("No request lost; the broken v3 never took traffic.");
+        }
+        return Ok(0);
     }
+    if !expected {
+        println!("A phase did not end as the demo expects (UNEXPECTED above).");
+    }
+    if lost > 0 {
+        println!(
+            "{lost} request(s) failed during the demo, not counting the flaky {FLAKY}'s \
+             {injected} expected 500(s)."
+        );
+    }
+    Ok(exit::FAILED)
 }
 
 /// A throwaway installation: a config in a temp dir and its `baton serve`.
@@ -109,6 +143,7 @@ impl Demo {
     async fn cycle(&self) -> anyhow::Result<Vec<Row>> {
         self.deploy("first deploy", "deploy", "v1")
             .await?
+            .0
             .expect_ok()?;
         let mut cfg = LoadConfig::new(format!("http://127.0.0.1:{}/", self.port));
         cfg.connections = CONNECTIONS;
@@ -118,22 +153,41 @@ impl Demo {
         tokio::time::sleep(Duration::from_secs(2)).await;
         rows.push(row(&load, "v1 live", "steady".into()));
 
-        let v2 = self.deploy("v2, slow to start", "deploy", "v2").await?;
+        let (v2, _) = self.deploy("v2, slow to start", "deploy", "v2").await?;
         rows.push(row(&load, "deploy v2 (slow start)", v2.summary(true)));
 
-        let v3 = self.deploy("v3, broken", "deploy", "v3").await?;
+        let (v3, _) = self.deploy("v3, broken", "deploy", "v3").await?;
         rows.push(row(&load, "deploy v3 (broken)", v3.summary(false)));
 
-        let back = self.deploy("rollback", "rollback", "v1").await?;
+        let (back, _) = self.deploy("rollback", "rollback", "v1").await?;
         rows.push(row(&load, "rollback to v1", back.summary(true)));
 
         tokio::time::sleep(Duration::from_secs(1)).await;
         rows.push(row(&load, "v1 live again", "steady".into()));
+
+        let label = "v4, flaky: 1 answer in 20 is a 500 (canary)";
+        let (flaky, last) = self.deploy(label, "canary", FLAKY).await?;
+        let mut flaky = row(&load, "canary v4 (flaky)", flaky.canary(last, false));
+        flaky.injected = injected_500s(&flaky.stats);
+        rows.push(flaky);
+
+        let (good, last) = self.deploy("v5 (canary)", "canary", GOOD).await?;
+        rows.push(row(&load, "canary v5", good.canary(last, true)));
+
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        rows.push(row(&load, "v5 live", "steady".into()));
         load.stop().await;
         Ok(rows)
     }
 
-    async fn deploy(&self, label: &str, action: &str, version: &str) -> anyhow::Result<Outcome> {
+    /// Runs a deploy (`action` "deploy" or "canary") or a rollback, printing
+    /// its progress; returns how it ended and its last analysis interval.
+    async fn deploy(
+        &self,
+        label: &str,
+        action: &str,
+        version: &str,
+    ) -> anyhow::Result<(Outcome, Option<Interval>)> {
         println!("\n== {label}");
         let started = Instant::now();
         let (path, body) = match action {
@@ -143,16 +197,34 @@ impl Demo {
             ),
             _ => (
                 "/v1/services/web/deploy".to_string(),
-                json!({ "version": version, "requested_by": "baton demo" }),
+                json!({ "version": version, "requested_by": "baton demo",
+                        "canary": action == "canary" }),
             ),
         };
-        self.client
+        let mut last = None;
+        let outcome = self
+            .client
             .stream(&path, body, |event| {
-                if let DeployEvent::Progress(p) = event {
-                    println!("  {:>5.1}s  {}", started.elapsed().as_secs_f64(), p.message);
+                let DeployEvent::Progress(p) = event else {
+                    return;
+                };
+                let at = started.elapsed().as_secs_f64();
+                match Interval::parse(&p.message) {
+                    Some(i) => {
+                        println!(
+                            "  {at:>5.1}s  weight {:>3}  candidate {:>5} requests, {:>5} errors  {}",
+                            i.weight,
+                            i.requests,
+                            i.errors,
+                            i.verdict()
+                        );
+                        last = Some(i);
+                    }
+                    None => println!("  {at:>5.1}s  {}", p.message),
                 }
             })
-            .await
+            .await?;
+        Ok((outcome, last))
     }
 
     /// Stops the apps and `baton serve`, and removes the temp dir.
@@ -193,6 +265,78 @@ impl Outcome {
             format!("UNEXPECTED {what}")
         }
     }
+
+    /// "promoted" or "rolled back at 10%: 9.9% errors", flagged when it is
+    /// not what the demo expects.
+    fn canary(&self, last: Option<Interval>, should_succeed: bool) -> String {
+        let what = match (self.ok, last) {
+            (true, _) => "promoted".to_string(),
+            (false, Some(i)) if i.verdict.starts_with("FAIL") => {
+                format!("rolled back at {}: {} errors", i.weight, i.errors)
+            }
+            (false, _) => format!(
+                "rolled back: {}",
+                short_reason(self.error.as_deref().unwrap_or_default())
+            ),
+        };
+        if self.ok == should_succeed {
+            what
+        } else {
+            format!("UNEXPECTED {what}")
+        }
+    }
+}
+
+/// One analysis interval of a canary, from its progress line: "analysis at
+/// 10%: candidate 812 requests, 9.9% errors, p99 ... (live ...): FAIL: ...".
+struct Interval {
+    weight: String,
+    requests: String,
+    errors: String,
+    /// "pass", "FAIL: why" or "inconclusive: why".
+    verdict: String,
+}
+
+impl Interval {
+    /// The verdict, without the reason when it fails: the error rate is on
+    /// the line, and the deploy's failure repeats the reason.
+    fn verdict(&self) -> &str {
+        if self.verdict.starts_with("FAIL") {
+            "FAIL"
+        } else {
+            &self.verdict
+        }
+    }
+
+    fn parse(message: &str) -> Option<Self> {
+        let rest = message.strip_prefix("analysis at ")?;
+        let (weight, rest) = rest.split_once(": candidate ")?;
+        let (requests, rest) = rest.split_once(" requests, ")?;
+        let (errors, rest) = rest.split_once(" errors")?;
+        let (_, verdict) = rest.split_once("): ")?;
+        Some(Self {
+            weight: weight.into(),
+            requests: requests.into(),
+            errors: errors.into(),
+            verdict: verdict.into(),
+        })
+    }
+}
+
+/// The flaky candidate's 500s in its phase, provided it got no more than
+/// about its step's share of the requests. baton itself never answers 500
+/// (it answers 502, 503 or 504) and v1 injects no errors, so a 500 is the
+/// candidate's; anything else failing counts as lost.
+fn injected_500s(s: &Stats) -> u64 {
+    let errors = s.statuses.get(&500).copied().unwrap_or(0);
+    let candidate = errors + s.versions.get(FLAKY).copied().unwrap_or(0);
+    // The phase also covers the candidate's start, at 0%: its share of the
+    // whole phase is below its step's weight, give or take chance.
+    if candidate * 100 <= s.sent * (FIRST_STEP + 5) {
+        errors
+    } else {
+        0
+    }
 }
 
 fn short_reason(e: &str) -> String {
@@ -206,6 +350,7 @@ fn row(load: &LoadHandle, phase: &'static str, result: String) -> Row {
         phase,
         result,
         stats: load.take_phase(),
+        injected: 0,
     }
 }
 
@@ -217,7 +362,8 @@ listen = ["127.0.0.1:{port}"]
 
 [services.web]
 command = [{exe}, "sample-app", "--port", "{{port}}", "--version", "{{version}}",
-           "--behave", "v2=unhealthy-for:2s", "--behave", "v3=broken"]
+           "--behave", "v2=unhealthy-for:2s", "--behave", "v3=broken",
+           "--behave", "{FLAKY}=error-rate:0.05"]
 instances = 2
 
 [services.web.health]
@@ -228,6 +374,18 @@ deadline = "15s"
 drain_timeout = "5s"
 keep_previous = "5m"
 smoke = [{exe}, "check", "{{preview_url}}/"]
+
+# For `deploy --canary` (the service's strategy stays blue-green): short
+# steps, an analysis every second, rolled back after two failed intervals.
+[services.web.canary]
+steps = [ {{ weight = {FIRST_STEP}, pause = "2s" }}, {{ weight = 50, pause = "2s" }} ]
+deadline = "1m"
+
+[services.web.canary.analysis]
+interval = "1s"
+min_requests = 50
+max_error_rate = 0.01
+failure_limit = 2
 "#
     )
 }
@@ -255,5 +413,47 @@ fn print_table(rows: &[Row]) {
             format!("{:.2}ms", s.p99.as_secs_f64() * 1e3),
             served.join(", ")
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_analysis_line_is_parsed_and_others_are_not() {
+        let line = "analysis at 10%: candidate 2619 requests, 5.0% errors, p99 1.2 ms \
+                    (live 23000 requests, 0.0% errors, p99 1.1 ms): FAIL: error_rate 0.05 > max 0.01";
+        let i = Interval::parse(line).expect("an analysis line");
+        assert_eq!((i.weight.as_str(), i.requests.as_str()), ("10%", "2619"));
+        assert_eq!((i.errors.as_str(), i.verdict()), ("5.0%", "FAIL"));
+        let line = line.replace("FAIL: error_rate 0.05 > max 0.01", "inconclusive: few");
+        assert_eq!(
+            Interval::parse(&line).unwrap().verdict(),
+            "inconclusive: few"
+        );
+        assert!(Interval::parse("step 1/2: 10% of the traffic to v4 (green)").is_none());
+    }
+
+    #[test]
+    fn only_500s_within_the_candidates_share_are_expected() {
+        let stats = |sent, errors: u64, flaky: u64| {
+            let mut s = Stats {
+                sent,
+                non_2xx: errors,
+                ok: sent - errors,
+                ..Stats::default()
+            };
+            s.statuses.insert(500, errors);
+            s.versions.insert(FLAKY.into(), flaky);
+            s.versions.insert("v1".into(), sent - errors - flaky);
+            s
+        };
+        assert_eq!(injected_500s(&stats(10_000, 40, 760)), 40);
+        assert_eq!(injected_500s(&stats(10_000, 100, 4_000)), 0, "beyond 10%");
+        let mut other = stats(10_000, 40, 760);
+        other.statuses.insert(502, 3);
+        other.non_2xx += 3;
+        assert_eq!(injected_500s(&other), 40, "the 502s stay lost");
     }
 }
