@@ -18,7 +18,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use baton_core::Verdict;
 use baton_loadgen::{LoadConfig, LoadHandle, Stats};
+use baton_orchestrator::analysis::Analysis;
 use serde_json::json;
 
 use crate::api::{DeployEvent, Outcome};
@@ -187,7 +189,7 @@ impl Demo {
         label: &str,
         action: &str,
         version: &str,
-    ) -> anyhow::Result<(Outcome, Option<Interval>)> {
+    ) -> anyhow::Result<(Outcome, Option<Analysis>)> {
         println!("\n== {label}");
         let started = Instant::now();
         let (path, body) = match action {
@@ -209,16 +211,16 @@ impl Demo {
                     return;
                 };
                 let at = started.elapsed().as_secs_f64();
-                match Interval::parse(&p.message) {
-                    Some(i) => {
+                match &p.analysis {
+                    Some(a) => {
                         println!(
                             "  {at:>5.1}s  weight {:>3}  candidate {:>5} requests, {:>5} errors  {}",
-                            i.weight,
-                            i.requests,
-                            i.errors,
-                            i.verdict()
+                            a.weight.to_string(),
+                            a.candidate.requests,
+                            percent(a.candidate.error_rate),
+                            verdict(&a.verdict)
                         );
-                        last = Some(i);
+                        last = Some(a.as_ref().clone());
                     }
                     None => println!("  {at:>5.1}s  {}", p.message),
                 }
@@ -268,11 +270,12 @@ impl Outcome {
 
     /// "promoted" or "rolled back at 10%: 9.9% errors", flagged when it is
     /// not what the demo expects.
-    fn canary(&self, last: Option<Interval>, should_succeed: bool) -> String {
+    fn canary(&self, last: Option<Analysis>, should_succeed: bool) -> String {
         let what = match (self.ok, last) {
             (true, _) => "promoted".to_string(),
-            (false, Some(i)) if i.verdict.starts_with("FAIL") => {
-                format!("rolled back at {}: {} errors", i.weight, i.errors)
+            (false, Some(a)) if matches!(a.verdict, Verdict::Fail(_)) => {
+                let errors = percent(a.candidate.error_rate);
+                format!("rolled back at {}: {errors} errors", a.weight)
             }
             (false, _) => format!(
                 "rolled back: {}",
@@ -287,40 +290,19 @@ impl Outcome {
     }
 }
 
-/// One analysis interval of a canary, from its progress line: "analysis at
-/// 10%: candidate 812 requests, 9.9% errors, p99 ... (live ...): FAIL: ...".
-struct Interval {
-    weight: String,
-    requests: String,
-    errors: String,
-    /// "pass", "FAIL: why" or "inconclusive: why".
-    verdict: String,
+/// An interval's verdict, without the reason when it fails: the error rate
+/// is on the line, and the deploy's failure repeats the reason.
+fn verdict(v: &Verdict) -> String {
+    match v {
+        Verdict::Pass => "pass".into(),
+        Verdict::Fail(_) => "FAIL".into(),
+        Verdict::Inconclusive(why) => format!("inconclusive: {why}"),
+    }
 }
 
-impl Interval {
-    /// The verdict, without the reason when it fails: the error rate is on
-    /// the line, and the deploy's failure repeats the reason.
-    fn verdict(&self) -> &str {
-        if self.verdict.starts_with("FAIL") {
-            "FAIL"
-        } else {
-            &self.verdict
-        }
-    }
-
-    fn parse(message: &str) -> Option<Self> {
-        let rest = message.strip_prefix("analysis at ")?;
-        let (weight, rest) = rest.split_once(": candidate ")?;
-        let (requests, rest) = rest.split_once(" requests, ")?;
-        let (errors, rest) = rest.split_once(" errors")?;
-        let (_, verdict) = rest.split_once("): ")?;
-        Some(Self {
-            weight: weight.into(),
-            requests: requests.into(),
-            errors: errors.into(),
-            verdict: verdict.into(),
-        })
-    }
+fn percent(rate: Option<f64>) -> String {
+    rate.map(|r| format!("{:.1}%", r * 100.0))
+        .unwrap_or_else(|| "-".into())
 }
 
 /// The flaky candidate's 500s in its phase, provided it got no more than
@@ -419,21 +401,6 @@ fn print_table(rows: &[Row]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn an_analysis_line_is_parsed_and_others_are_not() {
-        let line = "analysis at 10%: candidate 2619 requests, 5.0% errors, p99 1.2 ms \
-                    (live 23000 requests, 0.0% errors, p99 1.1 ms): FAIL: error_rate 0.05 > max 0.01";
-        let i = Interval::parse(line).expect("an analysis line");
-        assert_eq!((i.weight.as_str(), i.requests.as_str()), ("10%", "2619"));
-        assert_eq!((i.errors.as_str(), i.verdict()), ("5.0%", "FAIL"));
-        let line = line.replace("FAIL: error_rate 0.05 > max 0.01", "inconclusive: few");
-        assert_eq!(
-            Interval::parse(&line).unwrap().verdict(),
-            "inconclusive: few"
-        );
-        assert!(Interval::parse("step 1/2: 10% of the traffic to v4 (green)").is_none());
-    }
 
     #[test]
     fn only_500s_within_the_candidates_share_are_expected() {

@@ -67,6 +67,9 @@ pub struct Progress {
     pub phase: Phase,
     pub message: String,
     pub at_ms: i64,
+    /// A canary's analysis interval, as data, when the message reports one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<Box<analysis::Analysis>>,
 }
 
 /// Where a deploy reports its progress; a closed receiver is fine.

@@ -17,6 +17,7 @@ use baton_runtime::{Instance, InstanceSpec};
 use baton_store::{now_ms, DeployRecord, Release, Role};
 use tokio::sync::mpsc;
 
+use crate::analysis::Analysis;
 use crate::checks;
 use crate::retire;
 use crate::rollout::{self, Next, Rollout};
@@ -289,12 +290,22 @@ impl<'a> Run<'a> {
     }
 
     fn say(&self, message: String) {
+        self.tell(message, None);
+    }
+
+    /// Reports an analysis interval: its line, and the interval as data.
+    fn report(&self, analysis: Analysis) {
+        self.tell(rollout::describe(&analysis), Some(Box::new(analysis)));
+    }
+
+    fn tell(&self, message: String, analysis: Option<Box<Analysis>>) {
         tracing::info!(service = %self.svc.cfg.name, deploy = self.id, "{message}");
         let _ = self.progress.send(Progress {
             deploy: self.id,
             phase: self.phase,
             message,
             at_ms: now_ms(),
+            analysis,
         });
     }
 
@@ -582,8 +593,9 @@ impl<'a> Run<'a> {
                 event
             }
             Next::Analysed(analysis) => {
-                self.say(rollout::describe(&analysis));
-                Event::Interval(analysis.verdict)
+                let verdict = analysis.verdict.clone();
+                self.report(analysis);
+                Event::Interval(verdict)
             }
         }
     }

@@ -126,6 +126,9 @@ impl Rollout {
         }
         self.canary = Some(canary);
         self.status.weight = weight;
+        // An interval measures one weight: the next starts with this one.
+        self.baseline = (self.candidate.stats.snapshot(), self.live.stats.snapshot());
+        self.next_interval = Instant::now() + self.cfg.analysis.interval;
     }
 
     /// Starts a step's pause.
