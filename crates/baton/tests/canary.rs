@@ -250,6 +250,18 @@ impl Client {
     }
 }
 
+/// Starts `b` with v1 live and a rollout of v2 at its first step; the
+/// running `deploy`.
+fn rollout_at_step_one(b: &mut Baton) -> std::process::Child {
+    b.start();
+    b.ok(&["deploy", "web", "v1"]);
+    let deploy = b.spawn_cli(&["deploy", "web", "v2"]);
+    wait_until("step 1", Duration::from_secs(30), || {
+        canary_status(b)["step"] == 1
+    });
+    deploy
+}
+
 /// `name=value` of a Set-Cookie value.
 fn pair(set_cookie: &str) -> String {
     set_cookie.split(';').next().unwrap().to_string()
@@ -263,12 +275,7 @@ fn the_split_is_accurate_and_each_user_sees_one_version() {
         analysis: "interval = \"1s\"\nmin_requests = 0",
         ..Setup::default()
     });
-    b.start();
-    b.ok(&["deploy", "web", "v1"]);
-    let deploy = b.spawn_cli(&["deploy", "web", "v2"]);
-    wait_until("step 1", Duration::from_secs(30), || {
-        canary_status(&b)["step"] == 1
-    });
+    let deploy = rollout_at_step_one(&mut b);
 
     // 20,000 distinct users: the candidate's share is within 4-6%.
     let mut client = Client::new(b.port);
@@ -393,12 +400,7 @@ fn a_restart_resumes_the_rollout_at_its_step_and_weight() {
         analysis: "interval = \"500ms\"\ninconclusive = \"continue\"",
         ..Setup::default()
     });
-    b.start();
-    b.ok(&["deploy", "web", "v1"]);
-    let deploy = b.spawn_cli(&["deploy", "web", "v2"]);
-    wait_until("step 1", Duration::from_secs(30), || {
-        canary_status(&b)["step"] == 1
-    });
+    let deploy = rollout_at_step_one(&mut b);
     b.ok(&["promote", "web"]);
     wait_until("step 2", Duration::from_secs(30), || {
         canary_status(&b)["step"] == 2
@@ -445,12 +447,7 @@ fn a_rollout_whose_deadline_passed_while_baton_was_down_is_rolled_back() {
         analysis: "interval = \"500ms\"\ninconclusive = \"continue\"",
         ..Setup::default()
     });
-    b.start();
-    b.ok(&["deploy", "web", "v1"]);
-    let deploy = b.spawn_cli(&["deploy", "web", "v2"]);
-    wait_until("step 1", Duration::from_secs(30), || {
-        canary_status(&b)["step"] == 1
-    });
+    let deploy = rollout_at_step_one(&mut b);
     let candidate = b.app_pids("v2");
     let deadline = Instant::now() + Duration::from_secs(3);
     b.kill9();

@@ -230,21 +230,36 @@ impl<'a> Run<'a> {
         color: Color,
         requested_by: &str,
     ) -> Result<Self, DeployError> {
+        let id =
+            job.shared
+                .store
+                .begin_deploy(&job.svc.cfg.name, kind, version, color, requested_by)?;
+        Ok(Self::new(job, id, version, color, Phase::Starting))
+    }
+
+    /// A canary deploy taken up again after a restart, its candidate adopted.
+    fn resumed(job: Job<'a>, record: &DeployRecord, candidate: Live, deadline_at: i64) -> Self {
+        let mut run = Self::new(job, record.id, &record.version, record.color, Phase::Canary);
+        run.instances = candidate.instances.clone();
+        run.live = Some(candidate);
+        run.deadline_at = Some(deadline_at);
+        run
+    }
+
+    fn new(job: Job<'a>, id: i64, version: &str, color: Color, phase: Phase) -> Self {
         let Job {
             shared,
             svc,
             claim,
             progress,
         } = job;
-        let id = shared
-            .store
-            .begin_deploy(&svc.cfg.name, kind, version, color, requested_by)?;
         claim.update(|d| {
             d.id = Some(id);
             d.color = Some(color);
             d.version = version.to_string();
+            d.phase = phase;
         });
-        Ok(Self {
+        Self {
             shared,
             svc,
             claim,
@@ -252,40 +267,11 @@ impl<'a> Run<'a> {
             id,
             color,
             version: version.to_string(),
-            phase: Phase::Starting,
+            phase,
             instances: Vec::new(),
             live: None,
             rollout: None,
             deadline_at: None,
-        })
-    }
-
-    /// A canary deploy taken up again after a restart, its candidate adopted.
-    fn resumed(job: Job<'a>, record: &DeployRecord, candidate: Live, deadline_at: i64) -> Self {
-        let Job {
-            shared,
-            svc,
-            claim,
-            progress,
-        } = job;
-        claim.update(|d| {
-            d.id = Some(record.id);
-            d.color = Some(record.color);
-            d.phase = Phase::Canary;
-        });
-        Self {
-            shared,
-            svc,
-            claim,
-            progress,
-            id: record.id,
-            color: record.color,
-            version: record.version.clone(),
-            phase: Phase::Canary,
-            instances: candidate.instances.clone(),
-            live: Some(candidate),
-            rollout: None,
-            deadline_at: Some(deadline_at),
         }
     }
 
