@@ -1,8 +1,8 @@
 //! `[metrics] listen`: Prometheus exposition of what the proxy and the
-//! orchestrator know, per service, color and version: requests by status
-//! class, a latency histogram, upstream errors, requests in flight and
-//! upgraded connections, each release's share of the traffic, and deploys
-//! by outcome.
+//! orchestrator know: open client connections; per service, color and
+//! version, requests by status class, a latency histogram, upstream errors,
+//! requests in flight and upgraded connections, each release's share of the
+//! traffic; per service, deploys by outcome and switch and drain durations.
 //!
 //! Counters come from each pool's own [`Stats`](baton_proxy::stats::Stats),
 //! so they start again when a pool is made anew (a restart, an instant
@@ -18,6 +18,7 @@ use axum::routing::get;
 use axum::Router;
 use baton_orchestrator::{Durations, Orchestrator, RoutedPool};
 use baton_proxy::stats::BOUNDS_US;
+use baton_proxy::Proxy;
 use tokio::net::TcpListener;
 
 /// The histogram's buckets as exposed, in seconds (Prometheus clients'
@@ -26,18 +27,37 @@ const EXPOSED_SECONDS: [f64; 11] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// What the exposition reads.
+#[derive(Clone)]
+pub struct Sources {
+    pub orchestrator: Arc<Orchestrator>,
+    pub proxy: Arc<Proxy>,
+}
+
 /// Serves `/metrics` until the process ends.
-pub async fn serve(listener: TcpListener, orchestrator: Arc<Orchestrator>) {
+pub async fn serve(listener: TcpListener, sources: Sources) {
     let app = Router::new()
         .route("/metrics", get(metrics))
-        .with_state(orchestrator);
+        .with_state(sources);
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "metrics listener stopped");
     }
 }
 
-async fn metrics(State(orchestrator): State<Arc<Orchestrator>>) -> impl IntoResponse {
+async fn metrics(State(sources): State<Sources>) -> impl IntoResponse {
+    let orchestrator = &sources.orchestrator;
     let mut out = String::with_capacity(8192);
+    family(
+        &mut out,
+        "baton_client_connections",
+        "gauge",
+        "Client connections open on the proxy's listeners.",
+    );
+    let _ = writeln!(
+        out,
+        "baton_client_connections {}",
+        sources.proxy.client_connections()
+    );
     render_pools(&mut out, &orchestrator.routed());
     render_durations(&mut out, &orchestrator.durations());
     match orchestrator.deploy_counts() {

@@ -69,9 +69,13 @@ pub async fn run(config_path: &Path) -> anyhow::Result<u8> {
     if let Some(listener) = metrics {
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
+        let sources = crate::metrics::Sources {
+            orchestrator: orchestrator.clone(),
+            proxy: proxy.clone(),
+        };
         tokio::spawn(crate::metrics::serve(
             tokio::net::TcpListener::from_std(listener)?,
-            orchestrator.clone(),
+            sources,
         ));
         tracing::info!(%addr, "metrics listening");
     }

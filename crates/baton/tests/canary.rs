@@ -91,6 +91,12 @@ async fn a_healthy_candidate_goes_through_every_step_and_is_promoted() {
     ] {
         assert!(stderr.contains(line), "{line:?} missing from:\n{stderr}");
     }
+    let (_, during) = tokio::task::block_in_place(|| get(&metrics));
+    let open = during
+        .lines()
+        .find_map(|l| l.strip_prefix("baton_client_connections "))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert_eq!(open, Some(8), "the load's 8 connections are open: {during}");
     let stats = load.stop().await;
     assert_eq!(
         stats.failed(),

@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,6 +60,8 @@ pub(crate) struct Forwarder {
     pub(crate) idle_clients: Arc<IdleClients>,
     pub(crate) timeouts: Timeouts,
     pub(crate) request_ids: RequestIds,
+    /// Client connections open on this worker, for metrics.
+    pub(crate) open_clients: Arc<AtomicUsize>,
 }
 
 /// Why a request got no (complete) response.
@@ -217,6 +219,7 @@ impl Forwarder {
             idle_clients: Arc::new(IdleClients::new(timeouts.idle)),
             timeouts,
             request_ids: RequestIds::new(),
+            open_clients: Arc::default(),
         }
     }
 

@@ -4,25 +4,45 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 
-/// The client side of a connection.
+/// The client side of a connection. It lives as long as the connection
+/// (HTTP/1.1, parked or HTTP/2), so it also counts it as open.
 #[derive(Debug)]
 pub(crate) struct Peer {
     /// The client's IP as `X-Forwarded-For` carries it, formatted once per
     /// connection rather than per request.
     ip: String,
+    open: Option<Arc<AtomicUsize>>,
 }
 
 impl Peer {
     pub(crate) fn new(addr: SocketAddr) -> Self {
         Self {
             ip: addr.ip().to_string(),
+            open: None,
         }
+    }
+
+    /// A peer counted in `open` until its connection ends.
+    pub(crate) fn counted(addr: SocketAddr, open: &Arc<AtomicUsize>) -> Self {
+        open.fetch_add(1, Ordering::Relaxed);
+        let mut peer = Self::new(addr);
+        peer.open = Some(open.clone());
+        peer
     }
 
     pub(crate) fn ip(&self) -> &str {
         &self.ip
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        if let Some(open) = &self.open {
+            open.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 

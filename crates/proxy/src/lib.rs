@@ -111,6 +111,18 @@ impl Proxy {
             .sum()
     }
 
+    /// Client connections open on the main listeners.
+    pub fn client_connections(&self) -> usize {
+        self.workers
+            .iter()
+            .map(|w| {
+                w.forwarder
+                    .open_clients
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .sum()
+    }
+
     /// The route table the listeners read.
     pub fn router(&self) -> &Router {
         &self.router

@@ -40,7 +40,8 @@ impl Listener {
             match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    http1::start(this.clone(), stream, Peer::new(peer));
+                    let peer = Peer::counted(peer, &this.forwarder.open_clients);
+                    http1::start(this.clone(), stream, peer);
                 }
                 Err(e) => {
                     // Out of file descriptors, typically: back off instead of spinning.
