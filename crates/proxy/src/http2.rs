@@ -16,7 +16,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use crate::ask::{Ask, COLOR_HEADER};
+use crate::ask::{cookie_in, Ask, COLOR_HEADER};
 use crate::body::{ResponseBody, TargetBody};
 use crate::canary::SetCookie;
 use crate::forward::{
@@ -294,6 +294,14 @@ impl Ask for Head<'_> {
     }
     fn cookies(&self) -> Option<&[u8]> {
         self.header("cookie")
+    }
+    /// HTTP/2 may split cookies over several fields: each is looked in.
+    fn cookie(&self, name: &str) -> Option<&[u8]> {
+        self.parts
+            .headers
+            .get_all(header::COOKIE)
+            .iter()
+            .find_map(|v| cookie_in(v.as_bytes(), name))
     }
     fn header(&self, name: &str) -> Option<&[u8]> {
         self.parts.headers.get(name).map(|v| v.as_bytes())

@@ -27,6 +27,16 @@ async fn proxy_with_idle_timeout(target: SocketAddr, idle: Duration) -> (Proxy, 
 }
 
 async fn proxy_with(target: SocketAddr, response: Duration, idle: Duration) -> (Proxy, SocketAddr) {
+    let (proxy, addr, _) = proxy_serving(target, response, idle).await;
+    (proxy, addr)
+}
+
+/// A proxy whose one service `app` has `target` live; the service too.
+async fn proxy_serving(
+    target: SocketAddr,
+    response: Duration,
+    idle: Duration,
+) -> (Proxy, SocketAddr, Arc<Service>) {
     let timeouts = Timeouts {
         connect: Duration::from_secs(2),
         response,
@@ -40,12 +50,13 @@ async fn proxy_with(target: SocketAddr, response: Duration, idle: Duration) -> (
         vec![Arc::new(Target::with_health(target, true))],
     );
     service.switch(Arc::new(pool));
-    proxy
-        .router()
-        .set(HostTable::new([(&[HostPattern::Default][..], service)]));
+    proxy.router().set(HostTable::new([(
+        &[HostPattern::Default][..],
+        service.clone(),
+    )]));
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = proxy.serve(listener).unwrap();
-    (proxy, addr)
+    (proxy, addr, service)
 }
 
 /// Serves `answer_one` on every connection it accepts; counts connections.
@@ -424,5 +435,92 @@ async fn many_idle_connections_are_parked_and_still_served_and_timed_out() {
     // Parked or not, each is closed once idle for the timeout.
     for c in &mut clients {
         closed_within(c, idle + ANSWER).await;
+    }
+}
+
+/// A target that answers every request with `name`.
+async fn named_backend(name: &'static str) -> SocketAddr {
+    backend(move |mut conn| async move {
+        while read_request(&mut conn).await.is_some() {
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{name}",
+                name.len()
+            );
+            if conn.write_all(answer.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await
+    .0
+}
+
+#[tokio::test]
+async fn http2_clients_get_the_canary_split_sticky_cookies_and_color_previews() {
+    use baton_core::{Sticky, Weight};
+    use baton_proxy::Canary;
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Empty};
+
+    let (_proxy, addr, service) = proxy_serving(named_backend("blue").await, ANSWER, ANSWER).await;
+    let green = Arc::new(Pool::new(
+        Color::Green,
+        "v2",
+        vec![Arc::new(Target::with_health(
+            named_backend("green").await,
+            true,
+        ))],
+    ));
+    let half = Weight::from_percent(50.0).unwrap();
+    service.split(Canary::new("app", green, half, Sticky::Cookie, 7));
+    let mut h2 = h2_client(addr).await;
+
+    async fn get(
+        h2: &mut hyper::client::conn::http2::SendRequest<Empty<Bytes>>,
+        headers: &[(&str, &str)],
+    ) -> (Vec<String>, String) {
+        let mut req = hyper::Request::get("http://app/");
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let resp = tokio::time::timeout(ANSWER, h2.send_request(req.body(Empty::new()).unwrap()))
+            .await
+            .unwrap()
+            .unwrap();
+        let cookies = resp
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_string())
+            .collect();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (cookies, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    // New users are drawn and told their assignment; each keeps it, even
+    // with the cookie in the second of two Cookie fields.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        let (cookies, first) = get(&mut h2, &[]).await;
+        assert_eq!(cookies.len(), 1, "{cookies:?}");
+        assert!(cookies[0].starts_with("baton-app=7."), "{cookies:?}");
+        for _ in 0..5 {
+            let (again, body) = get(&mut h2, &[("cookie", "a=1"), ("cookie", &cookies[0])]).await;
+            assert_eq!(body, first);
+            assert!(again.is_empty());
+        }
+        seen.insert(first);
+    }
+    assert_eq!(seen.len(), 2, "both colors drawn at 50%: {seen:?}");
+
+    // A color asked for by header is served whatever the split, and kept by cookie.
+    for _ in 0..10 {
+        let (cookies, body) = get(&mut h2, &[("x-baton-color", "green")]).await;
+        assert_eq!(
+            (cookies.as_slice(), body.as_str()),
+            (&["baton-color=green".to_string()][..], "green")
+        );
+        let (_, body) = get(&mut h2, &[("cookie", "baton-color=blue")]).await;
+        assert_eq!(body, "blue");
     }
 }
