@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use baton_orchestrator::{Command, ServiceStatus};
+use baton_orchestrator::{describe, Command, RolloutStatus, ServiceStatus};
 use baton_store::DeployRecord;
 use serde_json::json;
 
@@ -125,6 +125,9 @@ fn print_status(s: &ServiceStatus) {
     if let Some(d) = &s.deploy {
         let id = d.id.map(|i| format!("#{i} ")).unwrap_or_default();
         println!("  deploying {id}{} ({:?})", d.version, d.phase);
+        if let Some(c) = &d.canary {
+            print_canary(c);
+        }
     }
     if let Some(d) = &s.last_deploy {
         let result = d
@@ -136,6 +139,21 @@ fn print_status(s: &ServiceStatus) {
             "  last      #{} {:?} {} by {}: {result}",
             d.id, d.kind, d.version, d.requested_by
         );
+    }
+}
+
+fn print_canary(c: &RolloutStatus) {
+    let paused = match (&c.paused_because, c.paused) {
+        (Some(why), true) => format!(", paused: {why}"),
+        (None, true) => ", paused".to_string(),
+        _ => String::new(),
+    };
+    println!(
+        "  canary    step {}/{} at {}, {}/{} failed intervals{paused}",
+        c.step, c.steps, c.weight, c.failures, c.failure_limit
+    );
+    if let Some(last) = c.analyses.last() {
+        println!("            last {}", describe(last));
     }
 }
 

@@ -167,6 +167,11 @@ fn too_little_traffic_is_inconclusive_never_a_pass() {
     let status = b.status("web");
     assert_eq!(status["deploy"]["phase"], "canary", "{status}");
     assert_eq!(status["active"]["version"], "v1", "{status}");
+    let shown = b.ok(&["status", "web"]);
+    assert!(
+        shown.contains("canary    step 1/1 at 10%, 0/2 failed intervals, paused: inconclusive"),
+        "{shown}"
+    );
 
     b.ok(&["promote", "web", "--full"]);
     let out = wait_child("the promoted deploy", deploy, Duration::from_secs(30));

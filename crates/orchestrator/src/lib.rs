@@ -34,7 +34,7 @@ use baton_traffic::Traffic;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::UnboundedSender;
 
-pub use rollout::{Command, RolloutStatus};
+pub use rollout::{describe, Command, RolloutStatus};
 pub use service::Durations;
 use service::ServiceState;
 pub use view::{DeployStatus, ReleaseStatus, RoutedPool, ServiceStatus, TargetStatus};

@@ -249,7 +249,7 @@ pub(crate) enum Next {
 }
 
 /// One line for the deploy's progress: what an interval measured and concluded.
-pub(crate) fn describe(a: &Analysis) -> String {
+pub fn describe(a: &Analysis) -> String {
     let pct = |r: Option<f64>| {
         r.map(|r| format!("{:.1}%", r * 100.0))
             .unwrap_or_else(|| "-".into())
