@@ -118,11 +118,14 @@ impl Routes {
         }
         if let Some(canary) = &self.canary {
             let (candidate, cookie) = canary.choose(ask);
-            if candidate {
-                let hold = pick_from(canary.pool())?;
-                return Ok(Picked { hold, cookie });
-            }
-            let hold = pick_from(self.live().ok_or(NoRoute::NotLive)?)?;
+            // A candidate with no healthy target leaves its share to the
+            // live release rather than failing it.
+            let hold = match candidate.then(|| pick_from(canary.pool())) {
+                Some(Err(NoRoute::NoHealthyTarget)) | None => {
+                    pick_from(self.live().ok_or(NoRoute::NotLive)?)?
+                }
+                Some(picked) => picked?,
+            };
             return Ok(Picked { hold, cookie });
         }
         pick_from(self.live().ok_or(NoRoute::NotLive)?).map(Picked::from)
@@ -411,6 +414,27 @@ mod tests {
         target.set_healthy(true);
         assert_eq!(router.probe(Some("web:8080")), Ok(addr));
         assert_eq!(target.in_flight(), 0, "a probe releases what it counted");
+    }
+
+    #[test]
+    fn a_canary_without_a_healthy_target_leaves_its_share_to_the_live_release() {
+        use baton_core::{Sticky, Weight};
+        let web = Arc::new(Service::new("web"));
+        let router = Router::default();
+        router.set(HostTable::new([(&[HostPattern::Default][..], web.clone())]));
+        let target = |port| {
+            Arc::new(crate::Target::with_health(
+                SocketAddr::from(([127, 0, 0, 1], port)),
+                true,
+            ))
+        };
+        web.switch(Arc::new(Pool::new(Color::Blue, "v1", vec![target(1)])));
+        let sick = target(2);
+        let candidate = Arc::new(Pool::new(Color::Green, "v2", vec![sick.clone()]));
+        web.split(Canary::new("web", candidate, Weight::FULL, Sticky::None, 1));
+        assert_eq!(router.probe(None).map(|a| a.port()), Ok(2));
+        sick.set_healthy(false);
+        assert_eq!(router.probe(None).map(|a| a.port()), Ok(1));
     }
 
     #[test]
