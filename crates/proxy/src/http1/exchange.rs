@@ -305,6 +305,8 @@ where
         }
     }
     let mut body = Remaining::new(resp.framing);
+    // What trails the head goes out with it: room for it at once.
+    leg.out.reserve(leg.buf.len());
     if body.take_into(leg.buf, leg.out).is_err() {
         return Err(Failed::Upstream("malformed chunked response".into()));
     }

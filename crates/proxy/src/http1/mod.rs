@@ -47,7 +47,7 @@ const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// A request's working memory, dropped when the request is done, so idle
 /// connections cost no buffers.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Buffers {
     /// What the client sent and is not forwarded yet.
     client: BytesMut,
@@ -186,7 +186,9 @@ async fn one_request(
 ) -> Next {
     let mut bufs = Buffers {
         client: std::mem::take(read_ahead),
-        ..Buffers::default()
+        upstream: BytesMut::new(),
+        // A usual head fits: one allocation rather than one per doubling.
+        out: Vec::with_capacity(1024),
     };
     let req = match read_head(forwarder, peer, client, &mut bufs, first).await {
         Head::Request(req) => req,
