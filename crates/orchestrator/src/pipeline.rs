@@ -590,7 +590,9 @@ impl<'a> Run<'a> {
     async fn withdraw(&mut self) {
         let drain = self.svc.cfg.switch.drain_timeout;
         if let Some(rollout) = &mut self.rollout {
-            rollout.withdraw(self.shared, self.color, drain).await;
+            if let Some(took) = rollout.withdraw(self.shared, self.color, drain).await {
+                self.svc.drains.add(took);
+            }
             self.say(format!(
                 "rolled back: no traffic to {} ({}) any more",
                 self.version, self.color

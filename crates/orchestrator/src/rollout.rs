@@ -225,13 +225,17 @@ impl Rollout {
     }
 
     /// Takes the candidate's share back at once and waits (up to the drain
-    /// timeout) for what it still serves.
-    pub(crate) async fn withdraw(&mut self, shared: &Shared, color: Color, drain: Duration) {
+    /// timeout) for what it still serves; how long that took.
+    pub(crate) async fn withdraw(
+        &mut self,
+        shared: &Shared,
+        color: Color,
+        drain: Duration,
+    ) -> Option<Duration> {
         self.status.weight = Weight::ZERO;
         self.canary = None;
-        if let Some(pool) = shared.traffic.withdraw(&self.service, color) {
-            shared.traffic.drain(&pool, drain).await;
-        }
+        let pool = shared.traffic.withdraw(&self.service, color)?;
+        Some(shared.traffic.drain(&pool, drain).await.elapsed)
     }
 
     /// Mirrors the state machine's view of the rollout into the status.
