@@ -487,3 +487,19 @@ fn a_rollout_whose_deadline_passed_while_baton_was_down_is_rolled_back() {
     let mut client = Client::new(b.port);
     assert!((0..100).all(|_| client.get("").version() == "v1"));
 }
+
+#[test]
+fn shutdown_with_stop_apps_during_a_rollout_rolls_it_back_and_stops_everything() {
+    let (mut b, _) = canary_baton(Setup {
+        steps: "steps = [ { weight = 5, pause = \"forever\" } ]",
+        analysis: "interval = \"500ms\"\ninconclusive = \"continue\"",
+        ..Setup::default()
+    });
+    let deploy = rollout_at_step_one(&mut b);
+    b.ok(&["shutdown", "--stop-apps"]);
+    let out = wait_child("the rolled-back deploy", deploy, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    wait_until("every app to stop", Duration::from_secs(30), || {
+        b.app_pids("v1").is_empty() && b.app_pids("v2").is_empty()
+    });
+}

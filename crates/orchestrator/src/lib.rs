@@ -208,10 +208,16 @@ impl Orchestrator {
         Ok(())
     }
 
-    /// Stops every instance of every service (after any deploy under way),
-    /// and forgets them: for taking a machine out of service.
+    /// Stops every instance of every service (after any deploy under way;
+    /// a canary rollout is rolled back first), and forgets them: for taking
+    /// a machine out of service.
     pub async fn stop_all(&self) -> Result<(), StoreError> {
         for svc in self.services.values() {
+            // A rollout may hold its step forever: roll it back rather than
+            // wait for it.
+            if let Some(rollout) = &svc.view().rollout {
+                let _ = rollout.send(Command::Abort);
+            }
             let mut slots = svc.slots.lock().await;
             if let Some(previous) = slots.previous.take() {
                 previous.hurry.cancel();
