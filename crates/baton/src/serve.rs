@@ -10,10 +10,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use baton_config::Config;
+use baton_config::{Config, RuntimeKind};
 use baton_orchestrator::Orchestrator;
 use baton_proxy::{Proxy, Timeouts};
-use baton_runtime::ProcessRuntime;
+use baton_runtime::{DockerRuntime, ProcessRuntime, Runtimes};
 use baton_store::Store;
 use baton_traffic::Builtin;
 use tokio::net::UnixListener;
@@ -28,6 +28,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<u8> {
     // Refusals first, before anything is created on disk: another baton on
     // this socket, a busy proxy port.
     refuse_if_running(&config.control_socket).await?;
+    let docker = connect_docker(&config).await?;
     let listeners = config
         .proxy
         .listen
@@ -57,7 +58,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<u8> {
         &config,
         traffic,
         proxy.prober().clone(),
-        Arc::new(ProcessRuntime::new()),
+        Arc::new(Runtimes {
+            process: ProcessRuntime::new(),
+            docker,
+        }),
         store,
     ));
     orchestrator.recover().await?;
@@ -118,6 +122,27 @@ fn init_logging() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// The Docker Engine, if some service runs containers: refused at once,
+/// before anything starts, when it cannot be reached.
+async fn connect_docker(config: &Config) -> anyhow::Result<Option<DockerRuntime>> {
+    let Some(service) = config
+        .services
+        .values()
+        .find(|s| s.runtime == RuntimeKind::Docker)
+    else {
+        return Ok(None);
+    };
+    let socket = baton_runtime::default_socket();
+    let docker = DockerRuntime::connect(&socket).await.with_context(|| {
+        format!(
+            "service {} uses runtime \"docker\" (services.{}.runtime)",
+            service.name, service.name
+        )
+    })?;
+    tracing::info!(socket = %socket.display(), "connected to the Docker Engine");
+    Ok(Some(docker))
 }
 
 fn bind(addr: std::net::SocketAddr) -> anyhow::Result<StdTcpListener> {

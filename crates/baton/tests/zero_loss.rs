@@ -5,7 +5,6 @@ mod support;
 
 use std::time::Duration;
 
-use baton_loadgen::LoadConfig;
 use support::*;
 
 fn service(extra: &str) -> String {
@@ -17,84 +16,27 @@ fn service(extra: &str) -> String {
     )
 }
 
-async fn cli(b: &Baton, args: &[&str]) -> String {
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    let config = b.config.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(BATON)
-            .args(&args)
-            .arg("-c")
-            .arg(config)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "baton failed: {}\n{}",
-        text(&out.stderr),
-        b.serve_log()
-    );
-    text(&out.stdout)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_deploys_under_keep_alive_load_lose_nothing() {
     let mut b = Baton::new(&service(""));
     b.start();
-    cli(&b, &["deploy", "web", "v0"]).await;
-
-    // Half the clients POST: a proxy may not retry those, so a request sent
-    // to a stopped process, or cut by one, shows up as a loss.
-    let load = |method: hyper::Method| {
-        let mut cfg = LoadConfig::new(b.url("/"));
-        cfg.connections = 32;
-        cfg.request_timeout = Duration::from_secs(10);
-        cfg.method = method;
-        baton_loadgen::start(cfg)
-    };
-    let gets = load(hyper::Method::GET);
-    let posts = load(hyper::Method::POST);
-
-    for i in 1..=20 {
-        let version = if i % 2 == 1 { "v1" } else { "v2" };
-        cli(&b, &["deploy", "web", version]).await;
-        // From the moment deploy returns, every new request reaches the new version.
-        for _ in 0..20 {
-            let (status, body) = baton_loadgen::get_once(&b.url("/"), None).await.unwrap();
-            assert_eq!(
-                (status, body.trim()),
-                (200, format!("version={version}").as_str()),
-                "after deploy {i}"
-            );
-        }
-        for seen in [gets.snapshot(), posts.snapshot()] {
-            assert_eq!(seen.failed(), 0, "after deploy {i}: {seen}");
-        }
-    }
-    for stats in [gets.stop().await, posts.stop().await] {
-        eprintln!("{stats}");
-        assert_eq!(stats.conn_errors, 0, "{stats}");
-        assert_eq!(stats.non_2xx, 0, "{stats}");
-        assert!(stats.ok > 1000, "the load actually ran: {stats}");
-        assert!(
-            stats.versions.contains_key("v1") && stats.versions.contains_key("v2"),
-            "{stats}"
-        );
-    }
+    cli_async(&b, &["deploy", "web", "v0"]).await;
+    let versions: Vec<&str> = (1..=20)
+        .map(|i| if i % 2 == 1 { "v1" } else { "v2" })
+        .collect();
+    deploys_under_load(&b, "web", &versions).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_in_flight_at_the_switch_completes_on_the_old_version() {
     let mut b = Baton::new(&service("drain_timeout = \"30s\"\n"));
     b.start();
-    cli(&b, &["deploy", "web", "v1"]).await;
+    cli_async(&b, &["deploy", "web", "v1"]).await;
     let slow_url = b.url("/slow?ms=10000");
     let slow = tokio::spawn(async move { baton_loadgen::get_once(&slow_url, None).await });
     wait_in_flight(&b, 1).await;
 
-    cli(&b, &["deploy", "web", "v2"]).await;
+    cli_async(&b, &["deploy", "web", "v2"]).await;
     assert_eq!(
         baton_loadgen::get_once(&b.url("/"), None)
             .await
@@ -122,7 +64,7 @@ async fn a_websocket_outlives_the_switch_and_is_closed_with_a_close_frame() {
 
     let mut b = Baton::new(&service("drain_timeout = \"3s\"\n"));
     b.start();
-    cli(&b, &["deploy", "web", "v1"]).await;
+    cli_async(&b, &["deploy", "web", "v1"]).await;
     let blue_pids = b.app_pids("v1");
     assert_eq!(blue_pids.len(), 2, "two v1 instances");
 
@@ -134,7 +76,7 @@ async fn a_websocket_outlives_the_switch_and_is_closed_with_a_close_frame() {
         Message::text("v1:before")
     );
 
-    cli(&b, &["deploy", "web", "v2"]).await;
+    cli_async(&b, &["deploy", "web", "v2"]).await;
     let switched = std::time::Instant::now();
     // Still talking to blue after the switch.
     for i in 0..5 {

@@ -83,9 +83,22 @@ pub struct ServiceConfig {
     pub name: String,
     pub hosts: Vec<HostPattern>,
     pub runtime: RuntimeKind,
+    /// The program and its arguments. With [`RuntimeKind::Docker`] it is the
+    /// container's command (after the image's entrypoint), and empty means
+    /// the image's own.
     pub command: Vec<Template>,
+    /// `PORT` comes on top of these.
     pub env: BTreeMap<String, Template>,
+    /// Where a process runs (the process runtime only; the config file's
+    /// directory unless set).
     pub workdir: Template,
+    /// The image a container runs, `{version}` and the other instance
+    /// placeholders filled in; `Some` exactly with [`RuntimeKind::Docker`].
+    pub image: Option<Template>,
+    /// The port the app listens on inside its container (docker only).
+    /// `None`: the same number as the host port baton picks, given to the
+    /// app as `$PORT` and `{port}`, as for a process.
+    pub port: Option<u16>,
     /// Instances per color, load balanced.
     pub instances: usize,
     /// Time between SIGTERM and SIGKILL when an instance is stopped.
@@ -209,10 +222,14 @@ pub struct WebhookCheck {
     pub timeout: Duration,
 }
 
-/// Which runtime starts a service's instances.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which runtime starts a service's instances (`runtime`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum RuntimeKind {
+    /// A local process in its own process group.
+    #[default]
     Process,
+    /// A container on the local Docker Engine.
+    Docker,
 }
 
 /// The active health check that gates the switch and keeps routing honest.
@@ -302,12 +319,21 @@ impl Config {
     /// Validates configuration text; `path` names it in errors and anchors relative paths.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
         let raw: raw::File = toml::from_str(text).map_err(|e| syntax_error(path, text, &e))?;
-        raw.validate(path)
+        raw.validate(path, text)
     }
 }
 
 fn syntax_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
-    let offset = e.span().map(|s| s.start).unwrap_or(0).min(text.len());
+    let offset = e.span().map(|s| s.start).unwrap_or(0);
+    located(path, text, offset, e.message().to_string())
+}
+
+/// An error about the text at byte `offset`, named by its line and column.
+fn located(path: &Path, text: &str, offset: usize, message: String) -> ConfigError {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
     let before = &text[..offset];
     let line = before.matches('\n').count() + 1;
     let column = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
@@ -315,7 +341,7 @@ fn syntax_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
         path: path.to_path_buf(),
         line,
         column,
-        message: e.message().replace('\n', " ").trim().to_string(),
+        message: message.replace('\n', " ").trim().to_string(),
     }
 }
 

@@ -28,8 +28,10 @@ pub(crate) struct File {
     control: Control,
     #[serde(default)]
     state: State,
+    /// Spanned, so that an error about a whole table (a missing key) can
+    /// name its line.
     #[serde(default)]
-    services: BTreeMap<String, Service>,
+    services: BTreeMap<String, toml::Spanned<Service>>,
 }
 
 #[derive(Deserialize)]
@@ -103,11 +105,21 @@ struct Service {
     hosts: Vec<String>,
     #[serde(default = "default_runtime")]
     runtime: String,
-    command: Vec<String>,
+    /// Required with the process runtime; with docker, absent means the
+    /// image's own command.
+    #[serde(default)]
+    command: Option<Vec<String>>,
     #[serde(default)]
     env: BTreeMap<String, String>,
-    #[serde(default = "default_workdir")]
-    workdir: String,
+    /// Process runtime only; absent means the config file's directory.
+    #[serde(default)]
+    workdir: Option<String>,
+    /// Docker runtime only.
+    #[serde(default)]
+    image: Option<String>,
+    /// Docker runtime only: the port the app listens on inside the container.
+    #[serde(default)]
+    port: Option<u16>,
     #[serde(default = "one")]
     instances: usize,
     #[serde(default = "secs::<10>", with = "crate::duration")]
@@ -197,9 +209,6 @@ fn default_hosts() -> Vec<String> {
 fn default_runtime() -> String {
     "process".to_string()
 }
-fn default_workdir() -> String {
-    ".".to_string()
-}
 fn default_strategy() -> String {
     "blue-green".to_string()
 }
@@ -225,6 +234,7 @@ fn millis<const N: u64>() -> Duration {
 /// Builds the error for one key of the file.
 pub(crate) struct Culprit<'a> {
     path: &'a Path,
+    text: &'a str,
 }
 
 impl Culprit<'_> {
@@ -235,11 +245,16 @@ impl Culprit<'_> {
             message: message.into(),
         }
     }
+
+    /// An error about the text at byte `offset`, named by its line and column.
+    pub(crate) fn err_at(&self, offset: usize, message: impl Into<String>) -> ConfigError {
+        crate::located(self.path, self.text, offset, message.into())
+    }
 }
 
 impl File {
-    pub(crate) fn validate(self, path: &Path) -> Result<Config, ConfigError> {
-        let at = Culprit { path };
+    pub(crate) fn validate(self, path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let at = Culprit { path, text };
         let base = path.parent().unwrap_or(Path::new("."));
         if self.proxy.listen.is_empty() {
             return Err(at.err("proxy.listen", "needs at least one address"));
@@ -267,7 +282,8 @@ impl File {
         let mut services = BTreeMap::new();
         let mut claimed: BTreeMap<HostPattern, String> = BTreeMap::new();
         for (name, raw) in self.services {
-            let service = raw.validate(&at, &name, base)?;
+            let table = raw.span().start;
+            let service = raw.into_inner().validate(&at, &name, base, table)?;
             for host in &service.hosts {
                 if let Some(other) = claimed.insert(host.clone(), name.clone()) {
                     return Err(at.err(
@@ -298,7 +314,14 @@ impl File {
 }
 
 impl Service {
-    fn validate(self, at: &Culprit, name: &str, base: &Path) -> Result<ServiceConfig, ConfigError> {
+    /// `table` is where the service's table starts in the text.
+    fn validate(
+        self,
+        at: &Culprit,
+        name: &str,
+        base: &Path,
+        table: usize,
+    ) -> Result<ServiceConfig, ConfigError> {
         let key = |k: &str| format!("services.{name}.{k}");
         let valid_name = !name.is_empty()
             && name
@@ -312,17 +335,72 @@ impl Service {
         }
         let runtime = match self.runtime.as_str() {
             "process" => RuntimeKind::Process,
+            "docker" => RuntimeKind::Docker,
             other => {
                 return Err(at.err(
                     key("runtime"),
-                    format!("unknown runtime {other:?} (expected \"process\")"),
+                    format!("unknown runtime {other:?} (expected \"process\" or \"docker\")"),
                 ))
             }
         };
         let strategy = canary::strategy(at, &key("strategy"), &self.strategy)?;
-        if self.command.is_empty() || self.command[0].trim().is_empty() {
-            return Err(at.err(key("command"), "must name a program to run"));
-        }
+        let command = match (runtime, self.command) {
+            (RuntimeKind::Process, None) => {
+                return Err(at.err_at(
+                    table,
+                    format!("services.{name}: missing field `command` (the program to run)"),
+                ))
+            }
+            (RuntimeKind::Process, Some(c))
+                if c.first().filter(|p| !p.trim().is_empty()).is_none() =>
+            {
+                return Err(at.err(key("command"), "must name a program to run"))
+            }
+            (RuntimeKind::Docker, Some(c)) if c.is_empty() => {
+                return Err(at.err(
+                    key("command"),
+                    "must not be empty (leave it out to run the image's own command)",
+                ))
+            }
+            (_, c) => c.unwrap_or_default(),
+        };
+        let (image, port) = match runtime {
+            RuntimeKind::Process => {
+                let process = "is only for runtime = \"docker\" (this service runs a process";
+                if self.image.is_some() {
+                    return Err(at.err(key("image"), format!("{process})")));
+                }
+                if self.port.is_some() {
+                    let given = "which is given its port as {port} and $PORT";
+                    return Err(at.err(key("port"), format!("{process}, {given})")));
+                }
+                (None, None)
+            }
+            RuntimeKind::Docker => {
+                if self.workdir.is_some() {
+                    let why = "the image sets the container's working directory";
+                    return Err(at.err(
+                        key("workdir"),
+                        format!("is not allowed with runtime = \"docker\" ({why})"),
+                    ));
+                }
+                let image = match self.image {
+                    None => {
+                        return Err(at.err(key("image"), "is required with runtime = \"docker\""))
+                    }
+                    Some(i) if i.trim().is_empty() => {
+                        return Err(at.err(key("image"), "must name an image"))
+                    }
+                    Some(i) => {
+                        Template::new(&i, INSTANCE_VARS).map_err(|m| at.err(key("image"), m))?
+                    }
+                };
+                if self.port == Some(0) {
+                    return Err(at.err(key("port"), "must be between 1 and 65535"));
+                }
+                (Some(image), self.port)
+            }
+        };
         let hosts = self
             .hosts
             .iter()
@@ -339,7 +417,7 @@ impl Service {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|m| at.err(key(k), m))
         };
-        let command = templates("command", &self.command, INSTANCE_VARS)?;
+        let command = templates("command", &command, INSTANCE_VARS)?;
         let env = self
             .env
             .iter()
@@ -349,7 +427,7 @@ impl Service {
                     .map_err(|m| at.err(key(&format!("env.{k}")), m))
             })
             .collect::<Result<BTreeMap<_, _>, _>>()?;
-        let workdir = base.join(&self.workdir);
+        let workdir = base.join(self.workdir.as_deref().unwrap_or("."));
         let workdir = Template::new(&workdir.to_string_lossy(), INSTANCE_VARS)
             .map_err(|m| at.err(key("workdir"), m))?;
         if self.instances == 0 {
@@ -394,6 +472,8 @@ impl Service {
             command,
             env,
             workdir,
+            image,
+            port,
             instances: self.instances,
             stop_timeout: self.stop_timeout,
             health: HealthConfig {

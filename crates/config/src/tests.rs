@@ -80,6 +80,10 @@ fn unknown_key_is_rejected_with_its_line() {
 fn service_without_command_is_rejected() {
     let e = error("[services.web]\nhosts = [\"*\"]\n");
     assert!(e.contains("missing field `command`"), "{e}");
+    assert!(
+        e.starts_with("/etc/app/baton.toml:1:"),
+        "names the table's line: {e}"
+    );
     let e = error("[services.web]\ncommand = []\n");
     assert!(e.contains("services.web.command"), "{e}");
 }
@@ -648,6 +652,135 @@ fn unknown_canary_keys_are_rejected_with_their_line() {
         canary_error("[[services.web.canary.analysis.webhook]]\nurl = \"http://h/\"\nretries = 3");
     assert!(
         e.starts_with("/etc/app/baton.toml:6:") && e.contains("retries"),
+        "{e}"
+    );
+}
+
+// --- runtimes: process and docker ---
+
+/// The error for a `web` service made of `body` alone.
+fn service_error(body: &str) -> String {
+    let e = error(&format!("[services.web]\n{body}\n"));
+    assert!(!e.contains('\n'), "one line: {e}");
+    e
+}
+
+fn service(body: &str) -> ServiceConfig {
+    parse(&format!("[services.web]\n{body}\n"))
+        .unwrap()
+        .services
+        .remove("web")
+        .unwrap()
+}
+
+#[test]
+fn docker_contract_example_parses() {
+    let web = service(
+        r#"runtime = "docker"
+image = "registry.example.com/web:{version}"
+port = 8000
+env = { APP_VERSION = "{version}" }"#,
+    );
+    assert_eq!(web.runtime, RuntimeKind::Docker);
+    assert_eq!(web.port, Some(8000));
+    let vars = Vars {
+        version: "v2",
+        ..Vars::default()
+    };
+    let image = web.image.as_ref().unwrap().render(&vars);
+    assert_eq!(image, "registry.example.com/web:v2");
+    assert!(web.command.is_empty(), "absent: the image's own command");
+    assert_eq!(web.env["APP_VERSION"].render(&vars), "v2");
+}
+
+#[test]
+fn docker_command_and_port_are_optional() {
+    let web = service(
+        "runtime = \"docker\"\nimage = \"web:{version}\"\ncommand = [\"--port\", \"{port}\"]",
+    );
+    assert_eq!(web.port, None);
+    let vars = Vars {
+        port: Some(4000),
+        ..Vars::default()
+    };
+    let argv: Vec<_> = web.command.iter().map(|t| t.render(&vars)).collect();
+    assert_eq!(argv, ["--port", "4000"]);
+}
+
+#[test]
+fn process_is_the_default_runtime() {
+    let web = service("command = [\"app\"]");
+    assert_eq!(web.runtime, RuntimeKind::Process);
+    assert_eq!((web.image, web.port), (None, None));
+    assert_eq!(web.workdir.as_str(), "/etc/app/.");
+}
+
+#[test]
+fn docker_needs_an_image() {
+    let e = service_error("runtime = \"docker\"");
+    assert!(
+        e.ends_with("services.web.image: is required with runtime = \"docker\""),
+        "{e}"
+    );
+    let e = service_error("runtime = \"docker\"\nimage = \" \"");
+    assert!(e.contains("services.web.image: must name an image"), "{e}");
+    let e = service_error("runtime = \"docker\"\nimage = \"web:{tag}\"");
+    assert!(
+        e.contains("services.web.image") && e.contains("{tag}"),
+        "{e}"
+    );
+}
+
+#[test]
+fn docker_refuses_workdir() {
+    let e = service_error("runtime = \"docker\"\nimage = \"web\"\nworkdir = \"releases\"");
+    assert!(
+        e.contains("services.web.workdir: is not allowed with runtime = \"docker\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn docker_command_may_not_be_empty() {
+    let e = service_error("runtime = \"docker\"\nimage = \"web\"\ncommand = []");
+    assert!(
+        e.contains("services.web.command: must not be empty (leave it out"),
+        "{e}"
+    );
+}
+
+#[test]
+fn docker_port_is_checked() {
+    let e = service_error("runtime = \"docker\"\nimage = \"web\"\nport = 0");
+    assert!(
+        e.contains("services.web.port: must be between 1 and 65535"),
+        "{e}"
+    );
+    let e = service_error("runtime = \"docker\"\nimage = \"web\"\nport = 70000");
+    assert!(e.starts_with("/etc/app/baton.toml:4:"), "{e}");
+}
+
+#[test]
+fn image_and_port_are_errors_with_the_process_runtime() {
+    let e = service_error("command = [\"app\"]\nimage = \"web:{version}\"");
+    assert!(
+        e.contains("services.web.image: is only for runtime = \"docker\""),
+        "{e}"
+    );
+    let e = service_error("runtime = \"process\"\ncommand = [\"app\"]\nport = 8000");
+    assert!(
+        e.contains("services.web.port: is only for runtime = \"docker\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn unknown_runtime_is_rejected() {
+    let e = service_error("runtime = \"podman\"\ncommand = [\"app\"]");
+    assert!(
+        e.contains(
+            "services.web.runtime: unknown runtime \"podman\" (expected \"process\" or \"docker\")"
+        ),
         "{e}"
     );
 }

@@ -365,9 +365,12 @@ impl<'a> Run<'a> {
                 version: self.version.clone(),
                 color: self.color,
                 index,
+                runtime: cfg.runtime,
                 command: cfg.command.clone(),
                 env: cfg.env.clone(),
                 workdir: cfg.workdir.clone(),
+                image: cfg.image.clone(),
+                port: cfg.port,
                 log: self
                     .shared
                     .logs

@@ -170,9 +170,12 @@ async fn adopt(
             version: release.version.clone(),
             color: release.color,
             index,
+            runtime: svc.cfg.runtime,
             command: svc.cfg.command.clone(),
             env: svc.cfg.env.clone(),
             workdir: svc.cfg.workdir.clone(),
+            image: svc.cfg.image.clone(),
+            port: svc.cfg.port,
             log: instance.log.clone(),
         };
         match shared.runtime.start(&spec).await {

@@ -1,7 +1,10 @@
 //! Runtimes start and stop a service's instances. The orchestrator only sees
-//! the [`Runtime`] trait, so processes today and containers or remote hosts
-//! later are interchangeable.
+//! the [`Runtime`] trait, so processes, containers and (later) remote hosts
+//! are interchangeable; [`Runtimes`] sends each instance to its own.
 
+mod docker;
+mod logfile;
+mod ports;
 mod process;
 
 use std::collections::BTreeMap;
@@ -10,10 +13,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use baton_config::Template;
+use baton_config::{RuntimeKind, Template, Vars};
 use baton_core::Color;
 use serde::{Deserialize, Serialize};
 
+pub use docker::{default_socket, DockerRuntime};
 pub use process::ProcessRuntime;
 
 /// What to start: one instance of one release.
@@ -24,28 +28,78 @@ pub struct InstanceSpec {
     pub color: Color,
     /// Which of the color's instances this is (0-based).
     pub index: usize,
+    /// Which runtime starts it.
+    pub runtime: RuntimeKind,
+    /// The program and its arguments; for a container, its command after
+    /// the image's entrypoint (empty: the image's own).
     pub command: Vec<Template>,
     pub env: BTreeMap<String, Template>,
+    /// Where a process runs (the process runtime only).
     pub workdir: Template,
+    /// The image a container runs (the docker runtime only).
+    pub image: Option<Template>,
+    /// The port the app listens on inside its container (the docker runtime
+    /// only); `None`: the host port's number.
+    pub port: Option<u16>,
     /// Where the instance's output goes.
     pub log: PathBuf,
+}
+
+impl InstanceSpec {
+    /// What the instance's templates are filled with, `port` being the one
+    /// the app listens on.
+    pub fn vars(&self, port: u16) -> Vars<'_> {
+        Vars {
+            port: Some(port),
+            version: &self.version,
+            color: self.color.as_str(),
+            service: &self.service,
+            preview_url: None,
+        }
+    }
 }
 
 /// A started instance, as recorded in the store so it can be found again
 /// after baton restarts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Instance {
+    /// Where it takes requests, on this host.
     pub addr: SocketAddr,
-    pub pid: u32,
-    /// The process's start time in clock ticks since boot: with the pid, it
-    /// tells our process from a later one that reused the pid.
-    pub start_ticks: u64,
+    /// Its output, as the runtime keeps it.
     pub log: PathBuf,
+    /// What the runtime knows it by; flattened, so that records written
+    /// before containers existed (`{addr, pid, start_ticks, log}`) still load.
+    #[serde(flatten)]
+    pub handle: Handle,
+}
+
+/// How a runtime finds one of its instances again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Handle {
+    /// A local process (the leader of its process group).
+    Process {
+        pid: u32,
+        /// The process's start time in clock ticks since boot: with the
+        /// pid, it tells our process from a later one that reused the pid.
+        start_ticks: u64,
+    },
+    /// A container on the local Docker Engine, by id.
+    Container { container: String },
 }
 
 /// Why an instance could not be started or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
+    #[error("image {0} not found on this host")]
+    NoImage(String),
+    /// A request to the Docker Engine failed; the message says which.
+    #[error("{0}")]
+    Docker(String),
+    #[error("{0}")]
+    Unhealthy(String),
+    #[error("service {0} uses runtime \"docker\" but baton is not connected to a Docker Engine")]
+    NoDocker(String),
     #[error("workdir {0} does not exist")]
     NoWorkdir(PathBuf),
     #[error("cannot run {program:?}: {source}")]
@@ -74,4 +128,97 @@ pub trait Runtime: Send + Sync {
 
     /// The last lines of the instance's output, for error reports.
     fn log_tail(&self, instance: &Instance, lines: usize) -> String;
+}
+
+/// The runtimes of one `baton serve`: each instance goes to the one its
+/// service asks for when it starts, and to the one that knows its
+/// [`Handle`] afterwards.
+#[derive(Debug, Default)]
+pub struct Runtimes {
+    pub process: ProcessRuntime,
+    /// Connected only when some service uses containers.
+    pub docker: Option<DockerRuntime>,
+}
+
+#[async_trait]
+impl Runtime for Runtimes {
+    async fn start(&self, spec: &InstanceSpec) -> Result<Instance, RuntimeError> {
+        match spec.runtime {
+            RuntimeKind::Process => self.process.start(spec).await,
+            RuntimeKind::Docker => match &self.docker {
+                Some(docker) => docker.start(spec).await,
+                None => Err(RuntimeError::NoDocker(spec.service.clone())),
+            },
+        }
+    }
+
+    fn exited(&self, instance: &Instance) -> Option<String> {
+        match (&instance.handle, &self.docker) {
+            (Handle::Process { .. }, _) => self.process.exited(instance),
+            (Handle::Container { .. }, Some(docker)) => docker.exited(instance),
+            (Handle::Container { container }, None) => Some(format!(
+                "is container {container}, and baton is not connected to Docker"
+            )),
+        }
+    }
+
+    async fn stop(&self, instance: &Instance, grace: Duration) {
+        match (&instance.handle, &self.docker) {
+            (Handle::Process { .. }, _) => self.process.stop(instance, grace).await,
+            (Handle::Container { .. }, Some(docker)) => docker.stop(instance, grace).await,
+            (Handle::Container { container }, None) => {
+                tracing::warn!(container, "container left running: no Docker connection")
+            }
+        }
+    }
+
+    fn log_tail(&self, instance: &Instance, lines: usize) -> String {
+        match (&instance.handle, &self.docker) {
+            (Handle::Container { .. }, Some(docker)) => docker.log_tail(instance, lines),
+            _ => self.process.log_tail(instance, lines),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_from_before_containers_load_as_processes() {
+        let old = r#"{"addr":"127.0.0.1:4000","pid":42,"start_ticks":7,"log":"/tmp/web.log"}"#;
+        let instance: Instance = serde_json::from_str(old).unwrap();
+        assert_eq!(
+            instance,
+            Instance {
+                addr: "127.0.0.1:4000".parse().unwrap(),
+                log: "/tmp/web.log".into(),
+                handle: Handle::Process {
+                    pid: 42,
+                    start_ticks: 7
+                },
+            }
+        );
+        // And a process is written as it always was.
+        let again: serde_json::Value = serde_json::to_value(&instance).unwrap();
+        let old: serde_json::Value = serde_json::from_str(old).unwrap();
+        assert_eq!(again, old);
+    }
+
+    #[test]
+    fn containers_round_trip() {
+        let instance = Instance {
+            addr: "127.0.0.1:4001".parse().unwrap(),
+            log: "/tmp/web-1.log".into(),
+            handle: Handle::Container {
+                container: "0123abcd".into(),
+            },
+        };
+        let json = serde_json::to_string(&instance).unwrap();
+        assert_eq!(
+            json,
+            r#"{"addr":"127.0.0.1:4001","log":"/tmp/web-1.log","container":"0123abcd"}"#
+        );
+        assert_eq!(serde_json::from_str::<Instance>(&json).unwrap(), instance);
+    }
 }

@@ -5,29 +5,23 @@
 //! running and the next `baton serve` adopts them (pid plus start time, from
 //! the store) instead of restarting them.
 
-use std::collections::{HashMap, VecDeque};
-use std::fs::OpenOptions;
-use std::io::{Read, Seek, SeekFrom};
-use std::net::{SocketAddr, TcpListener};
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use baton_config::Vars;
 
-use crate::{Instance, InstanceSpec, Runtime, RuntimeError};
+use crate::{logfile, ports, Handle, Instance, InstanceSpec, Runtime, RuntimeError};
 
 /// Runs instances as local processes.
 #[derive(Debug, Default)]
 pub struct ProcessRuntime {
     /// The children this baton started, by pid, with their exit status once reaped.
     children: Arc<Mutex<HashMap<u32, Option<ExitStatus>>>>,
-    /// Ports handed out recently: an app may not have bound its port yet, and
-    /// the kernel can offer the same free port twice in a row.
-    handed_out: Mutex<VecDeque<(Instant, u16)>>,
 }
 
 impl ProcessRuntime {
@@ -39,20 +33,14 @@ impl ProcessRuntime {
 #[async_trait]
 impl Runtime for ProcessRuntime {
     async fn start(&self, spec: &InstanceSpec) -> Result<Instance, RuntimeError> {
-        let port = self.free_port()?;
-        let vars = Vars {
-            port: Some(port),
-            version: &spec.version,
-            color: spec.color.as_str(),
-            service: &spec.service,
-            preview_url: None,
-        };
+        let port = ports::free_port()?;
+        let vars = spec.vars(port);
         let argv: Vec<String> = spec.command.iter().map(|t| t.render(&vars)).collect();
         let workdir = PathBuf::from(spec.workdir.render(&vars));
         if !workdir.is_dir() {
             return Err(RuntimeError::NoWorkdir(workdir));
         }
-        let log = open_log(&spec.log)?;
+        let log = logfile::open(&spec.log)?;
         let log_err = log.try_clone().map_err(|source| RuntimeError::Io {
             what: format!("log {}", spec.log.display()),
             source,
@@ -88,95 +76,52 @@ impl Runtime for ProcessRuntime {
         tracing::info!(service = %spec.service, version = %spec.version, color = %spec.color, pid, port, "instance started");
         Ok(Instance {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            pid,
-            start_ticks,
             log: spec.log.clone(),
+            handle: Handle::Process { pid, start_ticks },
         })
     }
 
     fn exited(&self, instance: &Instance) -> Option<String> {
-        let child = self
-            .children
-            .lock()
-            .ok()
-            .and_then(|c| c.get(&instance.pid).copied());
+        let Some((pid, start_ticks)) = process(instance) else {
+            return Some("is not a process".to_string());
+        };
+        let child = self.children.lock().ok().and_then(|c| c.get(&pid).copied());
         match child {
             // Our own child: its reaper knows how it ended.
             Some(status) => status.map(describe),
             // Adopted after a restart: all we can tell is whether it still runs.
-            None => (!is_alive(instance)).then(|| "the process is gone".to_string()),
+            None => (!is_alive(pid, start_ticks)).then(|| "the process is gone".to_string()),
         }
     }
 
     async fn stop(&self, instance: &Instance, grace: Duration) {
-        if !is_alive(instance) && !group_alive(instance.pid) {
+        let Some((pid, start_ticks)) = process(instance) else {
+            return;
+        };
+        if !is_alive(pid, start_ticks) && !group_alive(pid) {
             return;
         }
-        let pgid = instance.pid as libc::pid_t;
+        let pgid = pid as libc::pid_t;
         signal_group(pgid, libc::SIGTERM);
         if wait_group_gone(pgid, grace).await {
             return;
         }
-        tracing::warn!(
-            pid = instance.pid,
-            "instance ignored SIGTERM for {grace:?}: SIGKILL"
-        );
+        tracing::warn!(pid, "instance ignored SIGTERM for {grace:?}: SIGKILL");
         signal_group(pgid, libc::SIGKILL);
         wait_group_gone(pgid, Duration::from_secs(5)).await;
     }
 
     fn log_tail(&self, instance: &Instance, lines: usize) -> String {
-        tail(&instance.log, lines)
+        logfile::tail(&instance.log, lines)
     }
 }
 
-impl ProcessRuntime {
-    /// A port nobody listens on right now and that no instance started in
-    /// the last `PORT_QUARANTINE` was given, for the instance to bind.
-    fn free_port(&self) -> Result<u16, RuntimeError> {
-        let mut handed_out = self.handed_out.lock().unwrap_or_else(|e| e.into_inner());
-        while handed_out
-            .front()
-            .is_some_and(|(at, _)| at.elapsed() > PORT_QUARANTINE)
-        {
-            handed_out.pop_front();
-        }
-        // Listeners stay open until a port is chosen, so each try gets a new one.
-        let mut tried = Vec::new();
-        loop {
-            let listener =
-                TcpListener::bind(("127.0.0.1", 0)).map_err(|source| RuntimeError::Io {
-                    what: "choosing a port".into(),
-                    source,
-                })?;
-            let port = listener.local_addr().map(|a| a.port()).unwrap_or(0);
-            if port != 0 && !handed_out.iter().any(|(_, p)| *p == port) {
-                handed_out.push_back((Instant::now(), port));
-                return Ok(port);
-            }
-            tried.push(listener);
-        }
+/// The pid and start time of a process instance.
+fn process(instance: &Instance) -> Option<(u32, u64)> {
+    match instance.handle {
+        Handle::Process { pid, start_ticks } => Some((pid, start_ticks)),
+        Handle::Container { .. } => None,
     }
-}
-
-/// How long a handed-out port is not handed out again.
-const PORT_QUARANTINE: Duration = Duration::from_secs(60);
-
-fn open_log(path: &Path) -> Result<std::fs::File, RuntimeError> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|source| RuntimeError::Io {
-            what: format!("creating {}", dir.display()),
-            source,
-        })?;
-    }
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|source| RuntimeError::Io {
-            what: format!("log {}", path.display()),
-            source,
-        })
 }
 
 fn describe(status: ExitStatus) -> String {
@@ -197,11 +142,11 @@ fn start_ticks(pid: u32) -> Option<u64> {
 
 /// True while the recorded process runs (and is not a zombie, nor a newer
 /// process that reused its pid).
-fn is_alive(instance: &Instance) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", instance.pid)).unwrap_or_default();
+fn is_alive(pid: u32, started: u64) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let state = stat.rfind(')').and_then(|i| stat.get(i + 2..i + 3));
     let running = matches!(state, Some(s) if s != "Z" && s != "X");
-    running && start_ticks(instance.pid) == Some(instance.start_ticks)
+    running && start_ticks(pid) == Some(started)
 }
 
 fn signal_group(pgid: libc::pid_t, signal: libc::c_int) {
@@ -253,20 +198,6 @@ fn group_only_zombies(pgid: libc::pid_t) -> bool {
         }
     }
     true
-}
-
-/// The last `lines` lines of a file (reads at most its last 64 KiB).
-fn tail(path: &Path, lines: usize) -> String {
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return String::new();
-    };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
-    let mut buf = Vec::new();
-    let _ = f.read_to_end(&mut buf);
-    let text = String::from_utf8_lossy(&buf);
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 #[cfg(test)]

@@ -1,3 +1,5 @@
+use baton_runtime::Handle;
+
 use super::*;
 
 fn release(color: Color, version: &str, role: Role) -> Release {
@@ -8,9 +10,11 @@ fn release(color: Color, version: &str, role: Role) -> Release {
         role,
         instances: vec![Instance {
             addr: "127.0.0.1:4000".parse().unwrap(),
-            pid: 42,
-            start_ticks: 7,
             log: "/tmp/web.log".into(),
+            handle: Handle::Process {
+                pid: 42,
+                start_ticks: 7,
+            },
         }],
         retire_at: None,
     }
@@ -43,7 +47,13 @@ fn a_switch_swaps_roles_and_ends_the_deploy_together() {
         (Color::Blue, Role::Previous, Some(1234))
     );
     assert_eq!((rels[1].color, rels[1].role), (Color::Green, Role::Active));
-    assert_eq!(rels[1].instances[0].pid, 42);
+    assert_eq!(
+        rels[1].instances[0].handle,
+        Handle::Process {
+            pid: 42,
+            start_ticks: 7
+        }
+    );
     assert!(store.unfinished_deploys().unwrap().is_empty());
     let last = store.last_deploy("web").unwrap().unwrap();
     assert_eq!(

@@ -369,3 +369,79 @@ pub fn keep_alive_load(b: &Baton, connections: usize) -> baton_loadgen::LoadHand
     cfg.pause_between_requests = Duration::from_millis(1);
     baton_loadgen::start(cfg)
 }
+
+// ---------------------------------------------------------------------------
+// The zero-loss scenario (tests/zero_loss.rs, tests/docker.rs).
+// ---------------------------------------------------------------------------
+
+/// A CLI command, run from async code without blocking it; insists that it
+/// succeeds and returns its stdout.
+pub async fn cli_async(b: &Baton, args: &[&str]) -> String {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let config = b.config.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(BATON)
+            .args(&args)
+            .arg("-c")
+            .arg(config)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "baton failed: {}\n{}",
+        text(&out.stderr),
+        b.serve_log()
+    );
+    text(&out.stdout)
+}
+
+/// Deploys `versions` of `service` one after the other while 64 keep-alive
+/// clients load it, and insists that no request is lost. Half the clients
+/// POST: a proxy may not retry those, so a request sent to a stopped
+/// instance, or cut by one, shows up as a loss.
+pub async fn deploys_under_load(b: &Baton, service: &str, versions: &[&str]) {
+    let load = |method: hyper::Method| {
+        let mut cfg = baton_loadgen::LoadConfig::new(b.url("/"));
+        cfg.connections = 32;
+        cfg.request_timeout = Duration::from_secs(10);
+        cfg.method = method;
+        baton_loadgen::start(cfg)
+    };
+    let gets = load(hyper::Method::GET);
+    let posts = load(hyper::Method::POST);
+
+    let started = Instant::now();
+    for (i, version) in versions.iter().enumerate() {
+        cli_async(b, &["deploy", service, version]).await;
+        // From the moment deploy returns, every new request reaches the new version.
+        for _ in 0..20 {
+            let (status, body) = baton_loadgen::get_once(&b.url("/"), None).await.unwrap();
+            assert_eq!(
+                (status, body.trim()),
+                (200, format!("version={version}").as_str()),
+                "after deploy {}",
+                i + 1
+            );
+        }
+        for seen in [gets.snapshot(), posts.snapshot()] {
+            assert_eq!(seen.failed(), 0, "after deploy {}: {seen}", i + 1);
+        }
+    }
+    eprintln!(
+        "{} deploys under load in {:.1?}",
+        versions.len(),
+        started.elapsed()
+    );
+    for stats in [gets.stop().await, posts.stop().await] {
+        eprintln!("{stats}");
+        assert_eq!(stats.conn_errors, 0, "{stats}");
+        assert_eq!(stats.non_2xx, 0, "{stats}");
+        assert!(stats.ok > 1000, "the load actually ran: {stats}");
+        for version in versions {
+            assert!(stats.versions.contains_key(*version), "{stats}");
+        }
+    }
+}
