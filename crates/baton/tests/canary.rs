@@ -60,9 +60,14 @@ async fn a_candidate_answering_five_percent_errors_is_rolled_back() {
     wait_until("200 more requests", Duration::from_secs(20), || {
         load.snapshot().sent > seen + 200
     });
-    let after = load.stop().await;
-    let last = after.sent - during.sent;
-    assert!(last > 0);
+    let after = load.take_phase();
+    load.stop().await;
+    assert_eq!(after.failed(), 0, "no error after the rollback: {after:?}");
+    assert_eq!(
+        after.versions.keys().collect::<Vec<_>>(),
+        ["v1"],
+        "only v1 serves after the rollback: {after:?}"
+    );
     let history = b.history("web");
     assert_eq!(history[0]["phase"], "failed", "{history:?}");
 }

@@ -182,21 +182,19 @@ pub fn verdict(cfg: &AnalysisConfig, candidate: &Measured, checks: &[Check]) -> 
             candidate.requests, cfg.min_requests
         ));
     }
-    let failed: Vec<String> = checks
-        .iter()
-        .filter(|c| c.result == Outcome::Fail)
-        .map(Check::describe)
-        .collect();
-    if !failed.is_empty() {
-        return Verdict::Fail(failed.join("; "));
+    let described = |outcome| {
+        let all: Vec<String> = checks
+            .iter()
+            .filter(|c| c.result == outcome)
+            .map(Check::describe)
+            .collect();
+        (!all.is_empty()).then(|| all.join("; "))
+    };
+    if let Some(failed) = described(Outcome::Fail) {
+        return Verdict::Fail(failed);
     }
-    let unknown: Vec<String> = checks
-        .iter()
-        .filter(|c| c.result == Outcome::Inconclusive)
-        .map(Check::describe)
-        .collect();
-    if !unknown.is_empty() {
-        return Verdict::Inconclusive(unknown.join("; "));
+    if let Some(unknown) = described(Outcome::Inconclusive) {
+        return Verdict::Inconclusive(unknown);
     }
     Verdict::Pass
 }

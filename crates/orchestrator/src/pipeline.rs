@@ -360,22 +360,14 @@ impl<'a> Run<'a> {
     async fn start(&mut self) -> Event {
         let cfg = &self.svc.cfg;
         for index in 0..cfg.instances {
-            let spec = InstanceSpec {
-                service: cfg.name.clone(),
-                version: self.version.clone(),
-                color: self.color,
+            let log = log_name(&cfg.name, &self.version, self.color, index);
+            let spec = InstanceSpec::of(
+                cfg,
+                &self.version,
+                self.color,
                 index,
-                runtime: cfg.runtime,
-                command: cfg.command.clone(),
-                env: cfg.env.clone(),
-                workdir: cfg.workdir.clone(),
-                image: cfg.image.clone(),
-                port: cfg.port,
-                log: self
-                    .shared
-                    .logs
-                    .join(log_name(&cfg.name, &self.version, self.color, index)),
-            };
+                self.shared.logs.join(log),
+            );
             match self.shared.runtime.start(&spec).await {
                 Ok(instance) => self.instances.push(instance),
                 Err(e) => return Event::StartFailed(e.to_string()),

@@ -165,19 +165,13 @@ async fn adopt(
         if shared.runtime.exited(instance).is_none() {
             continue;
         }
-        let spec = baton_runtime::InstanceSpec {
-            service: svc.cfg.name.clone(),
-            version: release.version.clone(),
-            color: release.color,
+        let spec = baton_runtime::InstanceSpec::of(
+            &svc.cfg,
+            &release.version,
+            release.color,
             index,
-            runtime: svc.cfg.runtime,
-            command: svc.cfg.command.clone(),
-            env: svc.cfg.env.clone(),
-            workdir: svc.cfg.workdir.clone(),
-            image: svc.cfg.image.clone(),
-            port: svc.cfg.port,
-            log: instance.log.clone(),
-        };
+            instance.log.clone(),
+        );
         match shared.runtime.start(&spec).await {
             Ok(fresh) => {
                 tracing::warn!(service = %svc.cfg.name, index, "instance was gone: started anew");

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use baton_config::{RuntimeKind, Template, Vars};
+use baton_config::{RuntimeKind, ServiceConfig, Template, Vars};
 use baton_core::Color;
 use serde::{Deserialize, Serialize};
 
@@ -46,6 +46,30 @@ pub struct InstanceSpec {
 }
 
 impl InstanceSpec {
+    /// Instance `index` of `version` of the service `cfg`, in `color`,
+    /// its output going to `log`.
+    pub fn of(
+        cfg: &ServiceConfig,
+        version: &str,
+        color: Color,
+        index: usize,
+        log: PathBuf,
+    ) -> Self {
+        Self {
+            service: cfg.name.clone(),
+            version: version.to_string(),
+            color,
+            index,
+            runtime: cfg.runtime,
+            command: cfg.command.clone(),
+            env: cfg.env.clone(),
+            workdir: cfg.workdir.clone(),
+            image: cfg.image.clone(),
+            port: cfg.port,
+            log,
+        }
+    }
+
     /// What the instance's templates are filled with, `port` being the one
     /// the app listens on.
     pub fn vars(&self, port: u16) -> Vars<'_> {
@@ -172,11 +196,9 @@ impl Runtime for Runtimes {
         }
     }
 
+    /// Both runtimes keep an instance's output in its log file.
     fn log_tail(&self, instance: &Instance, lines: usize) -> String {
-        match (&instance.handle, &self.docker) {
-            (Handle::Container { .. }, Some(docker)) => docker.log_tail(instance, lines),
-            _ => self.process.log_tail(instance, lines),
-        }
+        logfile::tail(&instance.log, lines)
     }
 }
 
