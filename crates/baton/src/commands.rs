@@ -114,7 +114,8 @@ fn print_status(s: &ServiceStatus) {
             );
             for t in &a.targets {
                 let h = if t.healthy { "healthy" } else { "UNHEALTHY" };
-                println!("            {}  {h}  in flight {}", t.addr, t.in_flight);
+                let on = t.host.as_deref().map(|h| format!(" ({h})")).unwrap_or_default();
+                println!("            {}{on}  {h}  in flight {}", t.addr, t.in_flight);
             }
         }
         None => println!("  live      nothing"),
@@ -138,6 +139,13 @@ fn print_status(s: &ServiceStatus) {
         println!(
             "  last      #{} {:?} {} by {}: {result}",
             d.id, d.kind, d.version, d.requested_by
+        );
+    }
+    for l in &s.leftovers {
+        let host = l.host.as_deref().unwrap_or("this machine");
+        println!(
+            "  left over {} on {host}, not stopped yet: {}",
+            l.addr, l.reason
         );
     }
 }

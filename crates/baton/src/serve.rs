@@ -13,7 +13,7 @@ use anyhow::Context;
 use baton_config::{Config, RuntimeKind};
 use baton_orchestrator::Orchestrator;
 use baton_proxy::{Proxy, Timeouts};
-use baton_runtime::{DockerRuntime, ProcessRuntime, Runtimes};
+use baton_runtime::{DockerRuntime, Fleet, ProcessRuntime, RemoteRuntime, Runtimes};
 use baton_store::Store;
 use baton_traffic::Builtin;
 use tokio::net::UnixListener;
@@ -54,6 +54,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<u8> {
     let proxy =
         Arc::new(Proxy::new(timeouts, config.proxy.workers).context("starting proxy workers")?);
     let traffic = Arc::new(Builtin::new(proxy.clone(), &config));
+    // Connections to remote hosts are made when first needed.
+    let fleet = Arc::new(Fleet::new(&config.hosts, &config.state_dir.join("ssh")));
     let orchestrator = Arc::new(Orchestrator::new(
         &config,
         traffic,
@@ -61,7 +63,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<u8> {
         Arc::new(Runtimes {
             process: ProcessRuntime::new(),
             docker,
+            remote: RemoteRuntime::new(fleet.clone()),
         }),
+        fleet,
         store,
     ));
     orchestrator.recover().await?;

@@ -6,6 +6,7 @@
 
 mod canary;
 mod duration;
+mod fleet;
 mod raw;
 mod template;
 
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use baton_core::{Inconclusive, Pause, Plan, Step, Sticky, Weight};
 
+pub use fleet::{Deliver, HostConfig};
 pub use template::{Template, Vars, INSTANCE_VARS, SMOKE_VARS};
 
 /// A configuration that failed to load; its `Display` is the one line a user sees.
@@ -53,6 +55,8 @@ pub struct Config {
     /// Directory for the SQLite state and the apps' logs.
     pub state_dir: PathBuf,
     pub services: BTreeMap<String, ServiceConfig>,
+    /// Machines reached over SSH, by name (`[hosts.NAME]`).
+    pub hosts: BTreeMap<String, HostConfig>,
 }
 
 /// The data plane's listeners and timeouts.
@@ -110,6 +114,13 @@ pub struct ServiceConfig {
     /// How a canary rollout goes; always present (defaults when the table is
     /// absent) so that `baton deploy --canary` works on any service.
     pub canary: CanaryConfig,
+    /// The hosts (names in [`Config::hosts`]) each color runs `instances`
+    /// on; empty: this machine.
+    pub on: Vec<String>,
+    /// A release tarball (a local path, `{version}` filled in) unpacked on
+    /// each host into `releases/{version}`, where the service then runs.
+    pub artifact: Option<Template>,
+    pub deliver: Deliver,
 }
 
 /// How a deploy moves traffic to the candidate (`strategy`).

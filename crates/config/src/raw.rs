@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::canary::{self, Canary};
+use crate::fleet::{self, Host, RawPlacement};
 use crate::{
     CanaryConfig, Config, ConfigError, HealthConfig, HostPattern, MetricsConfig, ProxyConfig,
     RuntimeKind, ServiceConfig, SwitchConfig, Template,
@@ -32,6 +33,9 @@ pub(crate) struct File {
     /// name its line.
     #[serde(default)]
     services: BTreeMap<String, toml::Spanned<Service>>,
+    /// Machines services run on, reached over SSH.
+    #[serde(default)]
+    hosts: BTreeMap<String, Host>,
 }
 
 #[derive(Deserialize)]
@@ -132,6 +136,14 @@ struct Service {
     strategy: String,
     #[serde(default)]
     canary: Option<Canary>,
+    /// Hosts to run on; absent: this machine.
+    #[serde(default)]
+    on: Option<Vec<String>>,
+    /// A release tarball to unpack on the hosts.
+    #[serde(default)]
+    artifact: Option<String>,
+    #[serde(default)]
+    deliver: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -279,11 +291,12 @@ impl File {
                 format!("{addr} is also in proxy.listen; the metrics need their own address"),
             ));
         }
+        let hosts = fleet::hosts(&at, self.hosts, base)?;
         let mut services = BTreeMap::new();
         let mut claimed: BTreeMap<HostPattern, String> = BTreeMap::new();
         for (name, raw) in self.services {
             let table = raw.span().start;
-            let service = raw.into_inner().validate(&at, &name, base, table)?;
+            let service = raw.into_inner().validate(&at, &name, base, table, &hosts)?;
             for host in &service.hosts {
                 if let Some(other) = claimed.insert(host.clone(), name.clone()) {
                     return Err(at.err(
@@ -309,6 +322,7 @@ impl File {
             control_socket: base.join(self.control.socket),
             state_dir: base.join(self.state.dir),
             services,
+            hosts,
         })
     }
 }
@@ -321,13 +335,10 @@ impl Service {
         name: &str,
         base: &Path,
         table: usize,
+        machines: &BTreeMap<String, fleet::HostConfig>,
     ) -> Result<ServiceConfig, ConfigError> {
         let key = |k: &str| format!("services.{name}.{k}");
-        let valid_name = !name.is_empty()
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        if !valid_name {
+        if !valid_name(name) {
             return Err(at.err(
                 format!("services.{name}"),
                 "service names may use only letters, digits, '-' and '_'",
@@ -427,7 +438,17 @@ impl Service {
                     .map_err(|m| at.err(key(&format!("env.{k}")), m))
             })
             .collect::<Result<BTreeMap<_, _>, _>>()?;
-        let workdir = base.join(self.workdir.as_deref().unwrap_or("."));
+        let placement = RawPlacement {
+            on: self.on,
+            artifact: self.artifact,
+            deliver: self.deliver,
+        }
+        .validate(at, name, runtime, machines, base)?;
+        // On a remote host the workdir is the host's, so it is not anchored here.
+        let workdir = match placement.on.is_empty() {
+            true => base.join(self.workdir.as_deref().unwrap_or(".")),
+            false => PathBuf::from(self.workdir.as_deref().unwrap_or(".")),
+        };
         let workdir = Template::new(&workdir.to_string_lossy(), INSTANCE_VARS)
             .map_err(|m| at.err(key("workdir"), m))?;
         if self.instances == 0 {
@@ -492,8 +513,19 @@ impl Service {
             },
             strategy,
             canary,
+            on: placement.on,
+            artifact: placement.artifact,
+            deliver: placement.deliver,
         })
     }
+}
+
+/// Names of services and hosts: letters, digits, '-' and '_'.
+pub(crate) fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 pub(crate) fn nonzero(at: &Culprit, key: &str, d: Duration) -> Result<(), ConfigError> {

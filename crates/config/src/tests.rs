@@ -784,3 +784,84 @@ fn unknown_runtime_is_rejected() {
         "{e}"
     );
 }
+
+const FLEET: &str = r#"
+[hosts.app1]
+address = "10.77.0.2"
+user = "deploy"
+port = 2222
+identity = "keys/id_ed25519"
+known_hosts = "~/.ssh/baton_known_hosts"
+
+[hosts.app2]
+address = "app2.internal"
+
+[services.web]
+command = ["./bin/web", "--port", "{port}"]
+on = ["app1", "app2"]
+instances = 2
+artifact = "dist/web-{version}.tar.gz"
+deliver = "push"
+"#;
+
+#[test]
+fn fleet_contract_example_parses() {
+    let c = parse(FLEET).unwrap();
+    let app1 = &c.hosts["app1"];
+    assert_eq!(app1.address, "10.77.0.2");
+    assert_eq!(app1.user.as_deref(), Some("deploy"));
+    assert_eq!(app1.port, Some(2222));
+    assert_eq!(
+        app1.identity.as_deref(),
+        Some(Path::new("/etc/app/keys/id_ed25519"))
+    );
+    // ssh expands `~` itself.
+    assert_eq!(
+        app1.known_hosts.as_deref(),
+        Some(Path::new("~/.ssh/baton_known_hosts"))
+    );
+    assert_eq!(app1.dir, "baton");
+    assert_eq!(c.hosts["app2"].user, None);
+    let web = &c.services["web"];
+    assert_eq!(web.on, ["app1", "app2"]);
+    assert_eq!(web.deliver, Deliver::Push);
+    let vars = Vars {
+        version: "v2",
+        ..Vars::default()
+    };
+    let artifact = web.artifact.as_ref().unwrap().render(&vars);
+    assert_eq!(artifact, "/etc/app/dist/web-v2.tar.gz");
+    // The workdir is the host's, not anchored to the config's directory.
+    assert_eq!(web.workdir.render(&vars), ".");
+}
+
+#[test]
+fn fleet_mistakes_name_the_key() {
+    let with = |service_keys: &str| {
+        error(&format!(
+            "[hosts.app1]\naddress = \"10.0.0.2\"\n[services.web]\ncommand = [\"app\"]\n{service_keys}\n"
+        ))
+    };
+    let e = with("on = [\"app1\", \"app3\"]");
+    assert!(e.contains("services.web.on: unknown host \"app3\" (defined: \"app1\")"), "{e}");
+    let e = with("on = []");
+    assert!(e.contains("services.web.on: needs at least one host"), "{e}");
+    let e = with("on = [\"app1\", \"app1\"]");
+    assert!(e.contains("listed twice"), "{e}");
+    let e = with("on = [\"app1\"]\ndeliver = \"carrier-pigeon\"");
+    assert!(e.contains("services.web.deliver: unknown delivery"), "{e}");
+    let e = with("on = [\"app1\"]\ndeliver = \"pull\"");
+    assert!(e.contains("tarballs are pushed"), "{e}");
+    let e = with("artifact = \"web.tar.gz\"");
+    assert!(e.contains("services.web.artifact: needs on = [...]"), "{e}");
+    let e = with("on = [\"app1\"]\nartifact = \"web-{versoin}.tar.gz\"");
+    assert!(e.contains("unknown placeholder {versoin}"), "{e}");
+    let e = error("[hosts.app1]\nadress = \"10.0.0.2\"\n");
+    assert!(e.contains("baton.toml:2:1") && e.contains("adress"), "{e}");
+    let e = error("[hosts.app1]\naddress = \"\"\n");
+    assert!(e.contains("hosts.app1.address: must be an address"), "{e}");
+    let e = error("[hosts.app1]\naddress = \"10.0.0.2\"\ndir = \"a b; rm -rf /\"\n");
+    assert!(e.contains("hosts.app1.dir: may use only"), "{e}");
+    let e = error("[hosts.\"app 1\"]\naddress = \"10.0.0.2\"\n");
+    assert!(e.contains("hosts.app 1: host names may use only"), "{e}");
+}

@@ -14,7 +14,9 @@
 
 pub mod analysis;
 mod checks;
+mod leftovers;
 mod pipeline;
+mod placement;
 mod recover;
 mod retire;
 mod rollout;
@@ -28,7 +30,7 @@ use std::sync::Arc;
 use baton_config::Config;
 use baton_core::{DeployKind, Phase};
 use baton_proxy::Prober;
-use baton_runtime::Runtime;
+use baton_runtime::{Fleet, Runtime};
 use baton_store::{DeployRecord, Store, StoreError};
 use baton_traffic::Traffic;
 use serde::{Deserialize, Serialize};
@@ -70,6 +72,14 @@ pub struct Progress {
     /// A canary's analysis interval, as data, when the message reports one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<Box<analysis::Analysis>>,
+    /// The remote host the message is about, if one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    /// While a release tarball is delivered: bytes sent so far, and its size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total: Option<u64>,
 }
 
 /// Where a deploy reports its progress; a closed receiver is fine.
@@ -90,6 +100,8 @@ pub(crate) struct Shared {
     pub(crate) traffic: Arc<dyn Traffic>,
     pub(crate) prober: Prober,
     pub(crate) runtime: Arc<dyn Runtime>,
+    /// The remote hosts, for what is done to a host as a whole.
+    pub(crate) fleet: Arc<Fleet>,
     pub(crate) store: Arc<Store>,
     pub(crate) logs: PathBuf,
     /// The directory smoke commands run in: the config file's.
@@ -108,12 +120,14 @@ impl Orchestrator {
         traffic: Arc<dyn Traffic>,
         prober: Prober,
         runtime: Arc<dyn Runtime>,
+        fleet: Arc<Fleet>,
         store: Arc<Store>,
     ) -> Self {
         let shared = Arc::new(Shared {
             traffic,
             prober,
             runtime,
+            fleet,
             store,
             logs: config.state_dir.join("logs"),
             workdir: config
@@ -199,12 +213,17 @@ impl Orchestrator {
         Ok(())
     }
 
-    /// Finds what ran before a restart and serves it again.
+    /// Finds what ran before a restart and serves it again, and goes on
+    /// stopping instances left over on hosts that were unreachable.
     pub async fn recover(&self) -> Result<(), StoreError> {
         for svc in self.services.values() {
             let mut slots = svc.slots.lock().await;
             recover::service(&self.shared, svc, &mut slots).await?;
         }
+        tokio::spawn(leftovers::sweep(
+            self.shared.clone(),
+            self.services.clone(),
+        ));
         Ok(())
     }
 

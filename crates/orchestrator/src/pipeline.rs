@@ -13,12 +13,13 @@ use std::time::{Duration, Instant};
 use baton_config::{Strategy, Vars};
 use baton_core::{Action, Color, Deploy, DeployKind, Event, Pause, Phase, Weight};
 use baton_proxy::{HealthCheck, Pool, Target};
-use baton_runtime::{Instance, InstanceSpec};
+use baton_runtime::Instance;
 use baton_store::{now_ms, DeployRecord, Release, Role};
 use tokio::sync::mpsc;
 
 use crate::analysis::Analysis;
 use crate::checks;
+use crate::placement::{self, HostNews};
 use crate::retire;
 use crate::rollout::{self, Next, Rollout};
 use crate::service::{Claim, Live, ServiceState, Slots};
@@ -53,6 +54,9 @@ pub(crate) async fn deploy(
         (Some(_), true) => Some(job.svc.cfg.canary.plan.clone()),
         _ => None,
     };
+    placement::preflight(job.shared, &job.svc.cfg, &req.version)
+        .await
+        .map_err(DeployError::Refused)?;
     if plan.is_some() {
         // Before anything is recorded or started: a query Prometheus
         // rejects would leave every interval inconclusive.
@@ -287,12 +291,33 @@ impl<'a> Run<'a> {
     fn tell(&self, message: String, analysis: Option<Box<Analysis>>) {
         tracing::info!(service = %self.svc.cfg.name, deploy = self.id, "{message}");
         let _ = self.progress.send(Progress {
+            analysis,
+            ..self.news(message)
+        });
+    }
+
+    /// Reports what one host is doing, with the bytes sent to it if any.
+    fn tell_host(&self, news: HostNews) {
+        tracing::info!(service = %self.svc.cfg.name, deploy = self.id, "{}", news.message);
+        let _ = self.progress.send(Progress {
+            host: Some(news.host),
+            sent: news.sent.map(|(sent, _)| sent),
+            total: news.sent.map(|(_, total)| total),
+            ..self.news(news.message)
+        });
+    }
+
+    fn news(&self, message: String) -> Progress {
+        Progress {
             deploy: self.id,
             phase: self.phase,
             message,
             at_ms: now_ms(),
-            analysis,
-        });
+            analysis: None,
+            host: None,
+            sent: None,
+            total: None,
+        }
     }
 
     /// Runs the state machine to its end. During a canary rollout, when no
@@ -359,19 +384,17 @@ impl<'a> Run<'a> {
 
     async fn start(&mut self) -> Event {
         let cfg = &self.svc.cfg;
-        for index in 0..cfg.instances {
-            let log = log_name(&cfg.name, &self.version, self.color, index);
-            let spec = InstanceSpec::of(
-                cfg,
-                &self.version,
-                self.color,
-                index,
-                self.shared.logs.join(log),
-            );
-            match self.shared.runtime.start(&spec).await {
-                Ok(instance) => self.instances.push(instance),
-                Err(e) => return Event::StartFailed(e.to_string()),
-            }
+        let news = |n: HostNews| self.tell_host(n);
+        let keep = self.running_versions();
+        let delivered = placement::deliver(self.shared, cfg, &self.version, &keep, &news).await;
+        if let Err(e) = delivered {
+            return Event::StartFailed(e);
+        }
+        let (instances, started) =
+            placement::start(self.shared, cfg, &self.version, self.color, &news).await;
+        self.instances = instances;
+        if let Err(e) = started {
+            return Event::StartFailed(e);
         }
         let release = Release {
             service: cfg.name.clone(),
@@ -391,6 +414,16 @@ impl<'a> Run<'a> {
             addrs.join(", ")
         ));
         Event::Started
+    }
+
+    /// The versions of the service's releases that run now.
+    fn running_versions(&self) -> Vec<String> {
+        let releases = self.shared.store.releases(&self.svc.cfg.name);
+        releases
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| r.version)
+            .collect()
     }
 
     async fn await_healthy(&mut self) -> Event {
@@ -616,7 +649,7 @@ impl<'a> Run<'a> {
             .error
             .clone()
             .unwrap_or_else(|| "failed".to_string());
-        let tail = self.log_tail();
+        let tail = self.log_tail().await;
         self.live = None;
         retire::stop_instances(self.shared, self.svc, &self.instances).await;
         let name = &self.svc.cfg.name;
@@ -636,14 +669,14 @@ impl<'a> Run<'a> {
     }
 
     /// The last log lines of the instance that exited, or else the first one.
-    fn log_tail(&self) -> Option<String> {
+    async fn log_tail(&self) -> Option<String> {
         let runtime = &self.shared.runtime;
         let culprit = self
             .instances
             .iter()
             .find(|i| runtime.exited(i).is_some())
             .or(self.instances.first())?;
-        let tail = runtime.log_tail(culprit, 20);
+        let tail = runtime.log_tail(culprit, 20).await;
         (!tail.is_empty()).then_some(tail)
     }
 }
@@ -712,19 +745,4 @@ async fn run_smoke(
     Err(format!("`{shown}` {status}: {}", last.trim())
         .trim_end_matches(": ")
         .to_string())
-}
-
-/// `web-v2-green-0.log`, with anything odd in the version made safe for a file name.
-fn log_name(service: &str, version: &str, color: Color, index: usize) -> String {
-    let version: String = version
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "._-".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("{service}-{version}-{color}-{index}.log")
 }

@@ -31,6 +31,9 @@ pub(crate) async fn service(
     let store = &shared.store;
     let mut releases = store.releases(name)?;
     let mut resuming = None;
+    // Remote instances are known to run only once their host has said so.
+    let recorded: Vec<Instance> = releases.iter().flat_map(|r| r.instances.clone()).collect();
+    shared.runtime.settle(&recorded).await;
 
     for deploy in store
         .unfinished_deploys()?
@@ -169,6 +172,7 @@ async fn adopt(
             &svc.cfg,
             &release.version,
             release.color,
+            instance.host.as_deref(),
             index,
             instance.log.clone(),
         );

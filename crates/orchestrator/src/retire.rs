@@ -11,6 +11,7 @@ use baton_store::now_ms;
 use futures_util::future::join_all;
 use tokio_util::sync::CancellationToken;
 
+use crate::leftovers;
 use crate::service::{Live, Retiring, ServiceState};
 use crate::view::PreviousState;
 use crate::Shared;
@@ -94,5 +95,10 @@ pub(crate) async fn stop_instances(
     instances: &[baton_runtime::Instance],
 ) {
     let grace = svc.cfg.stop_timeout;
-    join_all(instances.iter().map(|i| shared.runtime.stop(i, grace))).await;
+    let stopping = instances.iter().map(|i| async move {
+        if let Err(e) = shared.runtime.stop(i, grace).await {
+            leftovers::record(shared, &svc.cfg.name, i, &e);
+        }
+    });
+    join_all(stopping).await;
 }

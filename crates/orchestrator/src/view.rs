@@ -1,6 +1,8 @@
 //! What `baton status` reports: the live release and its targets' health as
 //! the proxy sees them, the previous release, and the deploy under way.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -21,6 +23,21 @@ pub struct ServiceStatus {
     pub previous: Option<ReleaseStatus>,
     pub deploy: Option<DeployStatus>,
     pub last_deploy: Option<DeployRecord>,
+    /// Instances that could not be stopped (their host did not answer),
+    /// tried again until they are.
+    #[serde(default)]
+    pub leftovers: Vec<LeftoverStatus>,
+}
+
+/// An instance left running on a host that did not answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeftoverStatus {
+    pub host: Option<String>,
+    pub addr: String,
+    /// Why the last try to stop it failed.
+    pub reason: String,
+    /// Since when (unix ms).
+    pub since: i64,
 }
 
 /// One release and its targets.
@@ -39,6 +56,9 @@ pub struct ReleaseStatus {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TargetStatus {
     pub addr: String,
+    /// The remote host it runs on; absent: this machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     pub healthy: bool,
     pub in_flight: usize,
 }
@@ -105,7 +125,10 @@ pub(crate) fn phase_name(p: Phase) -> &'static str {
     }
 }
 
-fn release(pool: &Pool, state: &str, retire_at: Option<i64>) -> ReleaseStatus {
+/// Which host each instance address is on.
+type Hosts = HashMap<SocketAddr, String>;
+
+fn release(pool: &Pool, state: &str, retire_at: Option<i64>, hosts: &Hosts) -> ReleaseStatus {
     ReleaseStatus {
         color: pool.color,
         version: pool.version.clone(),
@@ -115,6 +138,7 @@ fn release(pool: &Pool, state: &str, retire_at: Option<i64>) -> ReleaseStatus {
             .iter()
             .map(|t| TargetStatus {
                 addr: t.addr().to_string(),
+                host: hosts.get(&t.addr()).cloned(),
                 healthy: t.is_healthy(),
                 in_flight: t.in_flight(),
             })
@@ -125,6 +149,14 @@ fn release(pool: &Pool, state: &str, retire_at: Option<i64>) -> ReleaseStatus {
 
 pub(crate) fn status(shared: &Shared, svc: &ServiceState) -> Result<ServiceStatus, StoreError> {
     let name = &svc.cfg.name;
+    let hosts: Hosts = shared
+        .store
+        .releases(name)?
+        .into_iter()
+        .flat_map(|r| r.instances)
+        .filter_map(|i| Some((i.addr, i.host?)))
+        .collect();
+    let release = |pool: &Pool, state, retire_at| release(pool, state, retire_at, &hosts);
     let active = shared.traffic.live(name).map(|p| release(&p, "live", None));
     let (previous, deploy) = {
         let view = svc.view();
@@ -141,6 +173,18 @@ pub(crate) fn status(shared: &Shared, svc: &ServiceState) -> Result<ServiceStatu
         previous,
         deploy,
         last_deploy: shared.store.last_deploy(name)?,
+        leftovers: shared
+            .store
+            .leftovers()?
+            .into_iter()
+            .filter(|l| &l.service == name)
+            .map(|l| LeftoverStatus {
+                host: l.instance.host,
+                addr: l.instance.addr.to_string(),
+                reason: l.reason,
+                since: l.since,
+            })
+            .collect(),
     })
 }
 

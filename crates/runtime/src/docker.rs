@@ -326,6 +326,7 @@ impl Runtime for DockerRuntime {
                 addr: SocketAddr::from(([127, 0, 0, 1], host_port)),
                 log: spec.log.clone(),
                 handle: Handle::Container { container: id },
+                host: None,
             });
         }
     }
@@ -356,9 +357,9 @@ impl Runtime for DockerRuntime {
         }
     }
 
-    async fn stop(&self, instance: &Instance, grace: Duration) {
+    async fn stop(&self, instance: &Instance, grace: Duration) -> Result<(), RuntimeError> {
         let Handle::Container { container } = &instance.handle else {
-            return;
+            return Ok(());
         };
         // The engine sends the image's stop signal (SIGTERM unless it says
         // otherwise), then SIGKILL after `t` whole seconds.
@@ -373,12 +374,13 @@ impl Runtime for DockerRuntime {
             | Err(DockerError::DockerResponseServerError {
                 status_code: 404, ..
             }) => {}
-            Err(e) => tracing::warn!(container, error = %e, "could not stop container"),
+            Err(e) => return Err(RuntimeError::Docker(format!("stopping {container}: {e}"))),
         }
         self.remove(container).await;
+        Ok(())
     }
 
-    fn log_tail(&self, instance: &Instance, lines: usize) -> String {
+    async fn log_tail(&self, instance: &Instance, lines: usize) -> String {
         logfile::tail(&instance.log, lines)
     }
 }

@@ -3,9 +3,12 @@
 //! are interchangeable; [`Runtimes`] sends each instance to its own.
 
 mod docker;
+mod fleet;
 mod logfile;
 mod ports;
 mod process;
+mod remote;
+mod ssh;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -18,7 +21,9 @@ use baton_core::Color;
 use serde::{Deserialize, Serialize};
 
 pub use docker::{default_socket, DockerRuntime};
+pub use fleet::{dir_name, Delivery, Fleet, KEEP_RELEASES};
 pub use process::ProcessRuntime;
+pub use remote::RemoteRuntime;
 
 /// What to start: one instance of one release.
 #[derive(Debug, Clone)]
@@ -41,8 +46,15 @@ pub struct InstanceSpec {
     /// The port the app listens on inside its container (the docker runtime
     /// only); `None`: the host port's number.
     pub port: Option<u16>,
-    /// Where the instance's output goes.
+    /// Where the instance's output goes; on a remote host, the file name in
+    /// the service's log directory there.
     pub log: PathBuf,
+    /// The remote host it runs on (a name in the config's `[hosts]`);
+    /// `None`: this machine.
+    pub host: Option<String>,
+    /// It runs from its release's unpacked tarball (`workdir` is relative
+    /// to `releases/{version}` on the host).
+    pub unpacked: bool,
 }
 
 impl InstanceSpec {
@@ -52,6 +64,7 @@ impl InstanceSpec {
         cfg: &ServiceConfig,
         version: &str,
         color: Color,
+        host: Option<&str>,
         index: usize,
         log: PathBuf,
     ) -> Self {
@@ -67,6 +80,8 @@ impl InstanceSpec {
             image: cfg.image.clone(),
             port: cfg.port,
             log,
+            host: host.map(String::from),
+            unpacked: cfg.artifact.is_some(),
         }
     }
 
@@ -87,14 +102,17 @@ impl InstanceSpec {
 /// after baton restarts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Instance {
-    /// Where it takes requests, on this host.
+    /// Where it takes requests.
     pub addr: SocketAddr,
-    /// Its output, as the runtime keeps it.
+    /// Its output, as the runtime keeps it (on its host).
     pub log: PathBuf,
     /// What the runtime knows it by; flattened, so that records written
     /// before containers existed (`{addr, pid, start_ticks, log}`) still load.
     #[serde(flatten)]
     pub handle: Handle,
+    /// The remote host it runs on; `None`: this machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 /// How a runtime finds one of its instances again.
@@ -115,6 +133,9 @@ pub enum Handle {
 /// Why an instance could not be started or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
+    /// Something failed on a remote host, or it could not be reached.
+    #[error("host {host}: {message}")]
+    Host { host: String, message: String },
     #[error("image {0} not found on this host")]
     NoImage(String),
     /// A request to the Docker Engine failed; the message says which.
@@ -144,61 +165,82 @@ pub trait Runtime: Send + Sync {
     /// Starts an instance listening on a port the runtime chooses.
     async fn start(&self, spec: &InstanceSpec) -> Result<Instance, RuntimeError>;
 
-    /// `None` while the instance runs; how it ended otherwise.
+    /// `None` while the instance runs (or nothing says otherwise yet); how
+    /// it ended otherwise. Answers at once, from what the runtime knows.
     fn exited(&self, instance: &Instance) -> Option<String>;
 
-    /// Asks the instance to stop, and forces it after `grace`.
-    async fn stop(&self, instance: &Instance, grace: Duration);
+    /// Finds out whether `instances` still run, so that [`Runtime::exited`]
+    /// knows about instances this baton did not start (after a restart).
+    async fn settle(&self, _instances: &[Instance]) {}
+
+    /// Asks the instance to stop, and forces it after `grace`. An error
+    /// means it could not be reached and may still run.
+    async fn stop(&self, instance: &Instance, grace: Duration) -> Result<(), RuntimeError>;
 
     /// The last lines of the instance's output, for error reports.
-    fn log_tail(&self, instance: &Instance, lines: usize) -> String;
+    async fn log_tail(&self, instance: &Instance, lines: usize) -> String;
 }
 
 /// The runtimes of one `baton serve`: each instance goes to the one its
 /// service asks for when it starts, and to the one that knows its
-/// [`Handle`] afterwards.
+/// [`Handle`] (and host) afterwards.
 #[derive(Debug, Default)]
 pub struct Runtimes {
     pub process: ProcessRuntime,
     /// Connected only when some service uses containers.
     pub docker: Option<DockerRuntime>,
+    /// Processes on remote hosts.
+    pub remote: RemoteRuntime,
+}
+
+impl Runtimes {
+    /// The runtime that runs `instance`, or why none can.
+    fn of(&self, instance: &Instance) -> Result<&dyn Runtime, String> {
+        match (&instance.host, &instance.handle, &self.docker) {
+            (Some(_), _, _) => Ok(&self.remote),
+            (None, Handle::Process { .. }, _) => Ok(&self.process),
+            (None, Handle::Container { .. }, Some(docker)) => Ok(docker),
+            (None, Handle::Container { container }, None) => Err(format!(
+                "is container {container}, and baton is not connected to Docker"
+            )),
+        }
+    }
 }
 
 #[async_trait]
 impl Runtime for Runtimes {
     async fn start(&self, spec: &InstanceSpec) -> Result<Instance, RuntimeError> {
-        match spec.runtime {
-            RuntimeKind::Process => self.process.start(spec).await,
-            RuntimeKind::Docker => match &self.docker {
-                Some(docker) => docker.start(spec).await,
-                None => Err(RuntimeError::NoDocker(spec.service.clone())),
-            },
+        match (spec.runtime, &spec.host, &self.docker) {
+            (RuntimeKind::Process, Some(_), _) => self.remote.start(spec).await,
+            (RuntimeKind::Process, None, _) => self.process.start(spec).await,
+            (RuntimeKind::Docker, _, Some(docker)) => docker.start(spec).await,
+            (RuntimeKind::Docker, _, None) => Err(RuntimeError::NoDocker(spec.service.clone())),
         }
     }
 
     fn exited(&self, instance: &Instance) -> Option<String> {
-        match (&instance.handle, &self.docker) {
-            (Handle::Process { .. }, _) => self.process.exited(instance),
-            (Handle::Container { .. }, Some(docker)) => docker.exited(instance),
-            (Handle::Container { container }, None) => Some(format!(
-                "is container {container}, and baton is not connected to Docker"
-            )),
+        match self.of(instance) {
+            Ok(runtime) => runtime.exited(instance),
+            Err(why) => Some(why),
         }
     }
 
-    async fn stop(&self, instance: &Instance, grace: Duration) {
-        match (&instance.handle, &self.docker) {
-            (Handle::Process { .. }, _) => self.process.stop(instance, grace).await,
-            (Handle::Container { .. }, Some(docker)) => docker.stop(instance, grace).await,
-            (Handle::Container { container }, None) => {
-                tracing::warn!(container, "container left running: no Docker connection")
-            }
+    async fn settle(&self, instances: &[Instance]) {
+        self.remote.settle(instances).await;
+    }
+
+    async fn stop(&self, instance: &Instance, grace: Duration) -> Result<(), RuntimeError> {
+        match self.of(instance) {
+            Ok(runtime) => runtime.stop(instance, grace).await,
+            Err(why) => Err(RuntimeError::Docker(format!("instance {}: {why}", instance.addr))),
         }
     }
 
-    /// Both runtimes keep an instance's output in its log file.
-    fn log_tail(&self, instance: &Instance, lines: usize) -> String {
-        logfile::tail(&instance.log, lines)
+    async fn log_tail(&self, instance: &Instance, lines: usize) -> String {
+        match self.of(instance) {
+            Ok(runtime) => runtime.log_tail(instance, lines).await,
+            Err(_) => logfile::tail(&instance.log, lines),
+        }
     }
 }
 
@@ -219,6 +261,7 @@ mod tests {
                     pid: 42,
                     start_ticks: 7
                 },
+                host: None,
             }
         );
         // And a process is written as it always was.
@@ -235,6 +278,7 @@ mod tests {
             handle: Handle::Container {
                 container: "0123abcd".into(),
             },
+            host: None,
         };
         let json = serde_json::to_string(&instance).unwrap();
         assert_eq!(

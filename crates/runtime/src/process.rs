@@ -78,6 +78,7 @@ impl Runtime for ProcessRuntime {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
             log: spec.log.clone(),
             handle: Handle::Process { pid, start_ticks },
+            host: None,
         })
     }
 
@@ -94,24 +95,25 @@ impl Runtime for ProcessRuntime {
         }
     }
 
-    async fn stop(&self, instance: &Instance, grace: Duration) {
+    async fn stop(&self, instance: &Instance, grace: Duration) -> Result<(), RuntimeError> {
         let Some((pid, start_ticks)) = process(instance) else {
-            return;
+            return Ok(());
         };
         if !is_alive(pid, start_ticks) && !group_alive(pid) {
-            return;
+            return Ok(());
         }
         let pgid = pid as libc::pid_t;
         signal_group(pgid, libc::SIGTERM);
         if wait_group_gone(pgid, grace).await {
-            return;
+            return Ok(());
         }
         tracing::warn!(pid, "instance ignored SIGTERM for {grace:?}: SIGKILL");
         signal_group(pgid, libc::SIGKILL);
         wait_group_gone(pgid, Duration::from_secs(5)).await;
+        Ok(())
     }
 
-    fn log_tail(&self, instance: &Instance, lines: usize) -> String {
+    async fn log_tail(&self, instance: &Instance, lines: usize) -> String {
         logfile::tail(&instance.log, lines)
     }
 }
@@ -132,21 +134,27 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
-/// Field 22 of /proc/PID/stat: when the process started, in clock ticks.
+/// From a /proc/PID/stat line: the state (field 3) and when the process
+/// started, in clock ticks (field 22).
+pub(crate) fn parse_stat(stat: &str) -> Option<(char, u64)> {
+    // The command name (field 2) may hold spaces; fields after it are plain.
+    let after_name = stat.get(stat.rfind(')')? + 2..)?;
+    let mut fields = after_name.split(' ');
+    let state = fields.next()?.chars().next()?;
+    let ticks = fields.nth(18)?.trim().parse().ok()?;
+    Some((state, ticks))
+}
+
 fn start_ticks(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces; fields after it are plain.
-    let after_name = &stat[stat.rfind(')')? + 2..];
-    after_name.split(' ').nth(19)?.parse().ok()
+    parse_stat(&stat).map(|(_, ticks)| ticks)
 }
 
 /// True while the recorded process runs (and is not a zombie, nor a newer
 /// process that reused its pid).
 fn is_alive(pid: u32, started: u64) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let state = stat.rfind(')').and_then(|i| stat.get(i + 2..i + 3));
-    let running = matches!(state, Some(s) if s != "Z" && s != "X");
-    running && start_ticks(pid) == Some(started)
+    matches!(parse_stat(&stat), Some((state, ticks)) if state != 'Z' && state != 'X' && ticks == started)
 }
 
 fn signal_group(pgid: libc::pid_t, signal: libc::c_int) {

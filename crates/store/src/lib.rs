@@ -76,6 +76,18 @@ pub struct SavedRollout {
     pub machine: Option<Deploy>,
 }
 
+/// An instance that could not be stopped (its host was unreachable), kept
+/// until a later try succeeds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Leftover {
+    pub service: String,
+    pub instance: Instance,
+    /// Why the last try failed.
+    pub reason: String,
+    /// When it was first left over (unix ms).
+    pub since: i64,
+}
+
 /// The state database.
 pub struct Store {
     conn: Mutex<Connection>,
@@ -105,12 +117,24 @@ CREATE TABLE IF NOT EXISTS deploys (
     log_tail     TEXT
 );
 CREATE INDEX IF NOT EXISTS deploys_by_service ON deploys (service, id);
+CREATE TABLE IF NOT EXISTS leftovers (
+    service  TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    reason   TEXT NOT NULL,
+    since    INTEGER NOT NULL,
+    PRIMARY KEY (service, instance)
+);
 CREATE TABLE IF NOT EXISTS rollouts (
     deploy      INTEGER PRIMARY KEY REFERENCES deploys (id),
     deadline_at INTEGER NOT NULL,
     machine     TEXT
 );
 ";
+
+/// An instance as the leftovers table keys it.
+fn instance_key(instance: &Instance) -> Result<String> {
+    serde_json::to_string(instance).map_err(|e| StoreError::Corrupt(format!("instance: {e}")))
+}
 
 /// Milliseconds since the epoch, the store's clock.
 pub fn now_ms() -> i64 {
@@ -181,6 +205,52 @@ impl Store {
             params![service, color.as_str()],
         )?;
         Ok(())
+    }
+
+    /// Records that `instance` could not be stopped, or why it still could
+    /// not be (keeping when it was first left over).
+    pub fn add_leftover(&self, service: &str, instance: &Instance, reason: &str) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO leftovers (service, instance, reason, since) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (service, instance) DO UPDATE SET reason = excluded.reason",
+            params![service, instance_key(instance)?, reason, now_ms()],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets a leftover once it is stopped.
+    pub fn remove_leftover(&self, service: &str, instance: &Instance) -> Result<()> {
+        self.conn().execute(
+            "DELETE FROM leftovers WHERE service = ?1 AND instance = ?2",
+            params![service, instance_key(instance)?],
+        )?;
+        Ok(())
+    }
+
+    /// Every leftover, oldest first.
+    pub fn leftovers(&self) -> Result<Vec<Leftover>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare("SELECT service, instance, reason, since FROM leftovers ORDER BY since, rowid")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })?;
+        rows.map(|row| {
+            let (service, instance, reason, since) = row?;
+            Ok(Leftover {
+                service,
+                instance: serde_json::from_str(&instance)
+                    .map_err(|e| StoreError::Corrupt(format!("leftover: {e}")))?,
+                reason,
+                since,
+            })
+        })
+        .collect()
     }
 
     /// The outcome of a switch, in one transaction: `color` becomes active,

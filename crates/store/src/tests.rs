@@ -15,6 +15,7 @@ fn release(color: Color, version: &str, role: Role) -> Release {
                 pid: 42,
                 start_ticks: 7,
             },
+            host: None,
         }],
         retire_at: None,
     }
@@ -86,4 +87,23 @@ fn failures_keep_their_reason_and_history_is_newest_first() {
     assert_eq!(h[0].kind, DeployKind::Rollback);
     assert!(store.history("other", 10).unwrap().is_empty());
     store.remove_release("web", Color::Green).unwrap();
+}
+
+#[test]
+fn leftovers_are_kept_across_restarts_until_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut instance = release(Color::Blue, "v1", Role::Active).instances.remove(0);
+    instance.host = Some("app2".into());
+    store.add_leftover("web", &instance, "host app2: no answer").unwrap();
+    store.add_leftover("web", &instance, "host app2: still no answer").unwrap();
+    drop(store);
+
+    let store = Store::open(dir.path()).unwrap();
+    let left = store.leftovers().unwrap();
+    assert_eq!(left.len(), 1, "one row per instance: {left:?}");
+    assert_eq!(left[0].instance, instance);
+    assert_eq!(left[0].reason, "host app2: still no answer");
+    store.remove_leftover("web", &instance).unwrap();
+    assert!(store.leftovers().unwrap().is_empty());
 }
