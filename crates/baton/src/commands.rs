@@ -114,7 +114,11 @@ fn print_status(s: &ServiceStatus) {
             );
             for t in &a.targets {
                 let h = if t.healthy { "healthy" } else { "UNHEALTHY" };
-                let on = t.host.as_deref().map(|h| format!(" ({h})")).unwrap_or_default();
+                let on = t
+                    .host
+                    .as_deref()
+                    .map(|h| format!(" ({h})"))
+                    .unwrap_or_default();
                 println!("            {}{on}  {h}  in flight {}", t.addr, t.in_flight);
             }
         }

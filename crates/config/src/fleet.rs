@@ -82,8 +82,7 @@ impl Host {
             ));
         }
         let address = self.address.trim();
-        if address.is_empty() || address.starts_with('-') || address.contains(char::is_whitespace)
-        {
+        if address.is_empty() || address.starts_with('-') || address.contains(char::is_whitespace) {
             return Err(at.err(key("address"), "must be an address or a host name"));
         }
         if self.port == Some(0) {

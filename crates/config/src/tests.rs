@@ -843,9 +843,15 @@ fn fleet_mistakes_name_the_key() {
         ))
     };
     let e = with("on = [\"app1\", \"app3\"]");
-    assert!(e.contains("services.web.on: unknown host \"app3\" (defined: \"app1\")"), "{e}");
+    assert!(
+        e.contains("services.web.on: unknown host \"app3\" (defined: \"app1\")"),
+        "{e}"
+    );
     let e = with("on = []");
-    assert!(e.contains("services.web.on: needs at least one host"), "{e}");
+    assert!(
+        e.contains("services.web.on: needs at least one host"),
+        "{e}"
+    );
     let e = with("on = [\"app1\", \"app1\"]");
     assert!(e.contains("listed twice"), "{e}");
     let e = with("on = [\"app1\"]\ndeliver = \"carrier-pigeon\"");

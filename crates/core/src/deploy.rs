@@ -64,7 +64,9 @@ pub enum Event {
     Exited(String),
     /// Every candidate target passed its health check in the proxy's view.
     Healthy,
-    /// The health deadline, or in a canary the rollout's deadline, passed first.
+    /// The health deadline passed first; which targets were not healthy.
+    Unhealthy(String),
+    /// The canary rollout's deadline passed.
     DeadlinePassed,
     SmokePassed,
     SmokeFailed(String),
@@ -181,8 +183,8 @@ impl Deploy {
             (P::Switching, E::Switched) => self.switched(),
             (P::Starting, E::StartFailed(why)) => self.fail(format!("could not start: {why}")),
             (P::Starting | P::Health | P::Smoke | P::Canary, E::Exited(why)) => self.fail(why),
-            (P::Health, E::DeadlinePassed) => {
-                self.fail("not healthy before the health deadline".to_string())
+            (P::Health, E::Unhealthy(who)) => {
+                self.fail(format!("not healthy before the health deadline: {who}"))
             }
             (P::Canary, E::DeadlinePassed) => {
                 self.fail("the rollout's deadline passed".to_string())

@@ -20,7 +20,10 @@ const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 /// Records that `instance` of `service` could not be stopped.
 pub(crate) fn record(shared: &Shared, service: &str, instance: &Instance, error: &RuntimeError) {
     tracing::warn!(service, addr = %instance.addr, error = %error, "instance left running: stopped once its host is back");
-    if let Err(e) = shared.store.add_leftover(service, instance, &error.to_string()) {
+    if let Err(e) = shared
+        .store
+        .add_leftover(service, instance, &error.to_string())
+    {
         tracing::error!(service, error = %e, "could not record a left-over instance");
     }
 }
@@ -41,13 +44,15 @@ pub(crate) async fn sweep(shared: Arc<Shared>, services: BTreeMap<String, Arc<Se
                 .get(&leftover.service)
                 .map_or(DEFAULT_GRACE, |s| s.cfg.stop_timeout);
             let (service, instance) = (&leftover.service, &leftover.instance);
-            let outcome = match shared.runtime.stop(instance, grace).await {
-                Ok(()) => shared.store.remove_leftover(service, instance),
+            let recorded = match shared.runtime.stop(instance, grace).await {
+                Ok(()) => {
+                    tracing::info!(service, addr = %instance.addr, "left-over instance stopped");
+                    shared.store.remove_leftover(service, instance)
+                }
                 Err(e) => shared.store.add_leftover(service, instance, &e.to_string()),
             };
-            match outcome {
-                Ok(()) => tracing::info!(service, addr = %instance.addr, "left-over instance stopped"),
-                Err(e) => tracing::error!(service, error = %e, "cannot record a left-over instance"),
+            if let Err(e) = recorded {
+                tracing::error!(service, error = %e, "cannot record a left-over instance");
             }
         }
     }

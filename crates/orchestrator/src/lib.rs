@@ -220,10 +220,7 @@ impl Orchestrator {
             let mut slots = svc.slots.lock().await;
             recover::service(&self.shared, svc, &mut slots).await?;
         }
-        tokio::spawn(leftovers::sweep(
-            self.shared.clone(),
-            self.services.clone(),
-        ));
+        tokio::spawn(leftovers::sweep(self.shared.clone(), self.services.clone()));
         Ok(())
     }
 

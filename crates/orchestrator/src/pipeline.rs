@@ -457,7 +457,7 @@ impl<'a> Run<'a> {
                 _ = &mut deadline => {
                     let healthy = pool.targets().iter().filter(|t| t.is_healthy()).count();
                     self.say(format!("{healthy} of {} target(s) healthy at the deadline", pool.targets().len()));
-                    return Event::DeadlinePassed;
+                    return Event::Unhealthy(self.unhealthy(&pool));
                 }
                 _ = poll.tick() => {
                     if let Some(why) = self.exited() {
@@ -466,6 +466,25 @@ impl<'a> Run<'a> {
                 }
             }
         }
+    }
+
+    /// The candidate's targets that are not healthy, each with its host.
+    fn unhealthy(&self, pool: &Pool) -> String {
+        let hosts: std::collections::HashMap<_, _> = self
+            .instances
+            .iter()
+            .filter_map(|i| Some((i.addr, i.host.as_deref()?)))
+            .collect();
+        let sick: Vec<String> = pool
+            .targets()
+            .iter()
+            .filter(|t| !t.is_healthy())
+            .map(|t| match hosts.get(&t.addr()) {
+                Some(host) => format!("{host} {}", t.addr()),
+                None => t.addr().to_string(),
+            })
+            .collect();
+        format!("{} not healthy", sick.join(", "))
     }
 
     /// The first candidate instance found to have exited, described.
@@ -684,10 +703,14 @@ impl<'a> Run<'a> {
 /// The first of `instances` found to have exited, described.
 fn first_exit(shared: &Shared, instances: &[Instance]) -> Option<String> {
     instances.iter().enumerate().find_map(|(i, inst)| {
-        shared
-            .runtime
-            .exited(inst)
-            .map(|why| format!("instance {i} ({}) {why}", inst.addr))
+        shared.runtime.exited(inst).map(|why| {
+            let host = inst
+                .host
+                .as_deref()
+                .map(|h| format!("{h} "))
+                .unwrap_or_default();
+            format!("instance {i} ({host}{}) {why}", inst.addr)
+        })
     })
 }
 

@@ -39,7 +39,9 @@ fn artifact(cfg: &ServiceConfig, version: &str) -> Option<PathBuf> {
         port: None,
         preview_url: None,
     };
-    cfg.artifact.as_ref().map(|t| PathBuf::from(t.render(&vars)))
+    cfg.artifact
+        .as_ref()
+        .map(|t| PathBuf::from(t.render(&vars)))
 }
 
 /// Checks, before anything is recorded or started, that every host answers

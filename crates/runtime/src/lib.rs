@@ -232,7 +232,10 @@ impl Runtime for Runtimes {
     async fn stop(&self, instance: &Instance, grace: Duration) -> Result<(), RuntimeError> {
         match self.of(instance) {
             Ok(runtime) => runtime.stop(instance, grace).await,
-            Err(why) => Err(RuntimeError::Docker(format!("instance {}: {why}", instance.addr))),
+            Err(why) => Err(RuntimeError::Docker(format!(
+                "instance {}: {why}",
+                instance.addr
+            ))),
         }
     }
 

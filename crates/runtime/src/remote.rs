@@ -52,12 +52,18 @@ impl RemoteRuntime {
     /// A port no process on the host listens on, not handed out lately.
     async fn free_port(&self, host: &Host) -> Result<u16, RuntimeError> {
         let tables = host
-            .run("cat /proc/net/tcp /proc/net/tcp6 2>/dev/null || true", COMMAND_LIMIT)
+            .run(
+                "cat /proc/net/tcp /proc/net/tcp6 2>/dev/null || true",
+                COMMAND_LIMIT,
+            )
             .await?;
         let listening = listening_ports(&tables);
         let mut handed_out = self.handed_out.lock().unwrap_or_else(|e| e.into_inner());
         let recent = handed_out.entry(host.name().to_string()).or_default();
-        while recent.front().is_some_and(|(at, _)| at.elapsed() > QUARANTINE) {
+        while recent
+            .front()
+            .is_some_and(|(at, _)| at.elapsed() > QUARANTINE)
+        {
             recent.pop_front();
         }
         // Start somewhere different each time, so that two batons sharing a
@@ -177,19 +183,22 @@ impl Runtime for RemoteRuntime {
     }
 
     async fn settle(&self, instances: &[Instance]) {
-        for instance in instances {
-            let Some(key) = key(instance) else { continue };
+        let mut by_host: HashMap<String, Vec<Key>> = HashMap::new();
+        for key in instances.iter().filter_map(key) {
             self.watch(key.clone());
-            let Ok(host) = self.fleet.host(&key.0) else {
-                continue;
-            };
-            let gone = check(host, &[key.clone()]).await;
-            if let Some(Some(why)) = gone.and_then(|mut g| g.remove(&key)) {
-                self.watched
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(key, Some(why));
-            }
+            by_host.entry(key.0.clone()).or_default().push(key);
+        }
+        let checks = by_host.into_iter().filter_map(|(name, keys)| {
+            let host = self.fleet.host(&name).ok()?;
+            Some(async move { check(host, &keys).await })
+        });
+        for states in futures_util::future::join_all(checks)
+            .await
+            .into_iter()
+            .flatten()
+        {
+            let mut watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
+            watched.extend(states.into_iter().filter(|(_, gone)| gone.is_some()));
         }
     }
 
@@ -212,7 +221,11 @@ impl Runtime for RemoteRuntime {
         );
         let out = host.run(&script, grace + COMMAND_LIMIT).await?;
         if out.trim() == "killed" {
-            tracing::warn!(host = key.0, pid, "instance ignored SIGTERM for {grace:?}: SIGKILL");
+            tracing::warn!(
+                host = key.0,
+                pid,
+                "instance ignored SIGTERM for {grace:?}: SIGKILL"
+            );
         }
         self.watched
             .lock()
@@ -222,7 +235,11 @@ impl Runtime for RemoteRuntime {
     }
 
     async fn log_tail(&self, instance: &Instance, lines: usize) -> String {
-        let Some(host) = instance.host.as_deref().and_then(|h| self.fleet.host(h).ok()) else {
+        let Some(host) = instance
+            .host
+            .as_deref()
+            .and_then(|h| self.fleet.host(h).ok())
+        else {
             return String::new();
         };
         let path = quote(&instance.log.to_string_lossy());

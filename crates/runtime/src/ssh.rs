@@ -44,7 +44,9 @@ struct Connection {
 
 impl std::fmt::Debug for Host {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Host").field("name", &self.config.name).finish()
+        f.debug_struct("Host")
+            .field("name", &self.config.name)
+            .finish()
     }
 }
 
@@ -66,10 +68,11 @@ impl Host {
         Ok(self.connection().await?.ip)
     }
 
-    /// Connects (again, if the last connection died), so that an unreachable
-    /// host is known before anything is started anywhere.
+    /// Makes a round trip to the host (connecting again if the last
+    /// connection died), so that an unreachable host is known before
+    /// anything is started anywhere.
     pub async fn reach(&self) -> Result<(), RuntimeError> {
-        self.connection().await.map(|_| ())
+        self.run("true", CONNECT_TIMEOUT).await.map(|_| ())
     }
 
     /// Runs `script` with `sh` on the host and returns its output; a script
@@ -249,6 +252,10 @@ impl Host {
 
 /// An ssh error with its causes, on one line.
 fn describe(e: &openssh::Error) -> String {
+    use openssh::Error as E;
+    if matches!(e, E::Disconnected | E::RemoteProcessTerminated) {
+        return "the connection was lost".to_string();
+    }
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -230,8 +230,9 @@ impl Store {
     /// Every leftover, oldest first.
     pub fn leftovers(&self) -> Result<Vec<Leftover>> {
         let conn = self.conn();
-        let mut stmt = conn
-            .prepare("SELECT service, instance, reason, since FROM leftovers ORDER BY since, rowid")?;
+        let mut stmt = conn.prepare(
+            "SELECT service, instance, reason, since FROM leftovers ORDER BY since, rowid",
+        )?;
         let rows = stmt.query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,

@@ -95,8 +95,12 @@ fn leftovers_are_kept_across_restarts_until_removed() {
     let store = Store::open(dir.path()).unwrap();
     let mut instance = release(Color::Blue, "v1", Role::Active).instances.remove(0);
     instance.host = Some("app2".into());
-    store.add_leftover("web", &instance, "host app2: no answer").unwrap();
-    store.add_leftover("web", &instance, "host app2: still no answer").unwrap();
+    store
+        .add_leftover("web", &instance, "host app2: no answer")
+        .unwrap();
+    store
+        .add_leftover("web", &instance, "host app2: still no answer")
+        .unwrap();
     drop(store);
 
     let store = Store::open(dir.path()).unwrap();

@@ -25,6 +25,7 @@ fn events() -> Vec<Event> {
         Event::StartFailed("spawn: no such file".into()),
         Event::Exited("exited with status 3".into()),
         Event::Healthy,
+        Event::Unhealthy("127.0.0.1:4000 not healthy".into()),
         Event::DeadlinePassed,
         Event::SmokePassed,
         Event::SmokeFailed("exit status 1".into()),
@@ -402,10 +403,10 @@ fn check_canary(before: &Deploy, event: &Event, d: &Deploy, actions: &[Action], 
 #[test]
 fn failures_name_their_cause() {
     let mut d = at(Phase::Health, DeployKind::Deploy, true);
-    d.on(Event::DeadlinePassed);
+    d.on(Event::Unhealthy("app2 10.77.0.3:20000 not healthy".into()));
     assert_eq!(
         d.error.as_deref(),
-        Some("not healthy before the health deadline")
+        Some("not healthy before the health deadline: app2 10.77.0.3:20000 not healthy")
     );
     let mut d = at(Phase::Smoke, DeployKind::Deploy, true);
     d.on(Event::SmokeFailed("exit status 1".into()));
