@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use baton_config::{Config, RuntimeKind};
+use baton_config::{Config, Deliver, RuntimeKind};
 use baton_orchestrator::Orchestrator;
 use baton_proxy::{Proxy, Timeouts};
 use baton_runtime::{DockerRuntime, Fleet, ProcessRuntime, RemoteRuntime, Runtimes};
@@ -55,7 +55,11 @@ pub async fn run(config_path: &Path) -> anyhow::Result<u8> {
         Arc::new(Proxy::new(timeouts, config.proxy.workers).context("starting proxy workers")?);
     let traffic = Arc::new(Builtin::new(proxy.clone(), &config));
     // Connections to remote hosts are made when first needed.
-    let fleet = Arc::new(Fleet::new(&config.hosts, &config.state_dir.join("ssh")));
+    let fleet = Arc::new(Fleet::new(
+        &config.hosts,
+        &config.state_dir.join("ssh"),
+        docker.clone(),
+    ));
     let orchestrator = Arc::new(Orchestrator::new(
         &config,
         traffic,
@@ -64,6 +68,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<u8> {
             process: ProcessRuntime::new(),
             docker,
             remote: RemoteRuntime::new(fleet.clone()),
+            fleet: fleet.clone(),
         }),
         fleet,
         store,
@@ -130,12 +135,12 @@ fn init_logging() {
 
 /// The Docker Engine, if some service runs containers: refused at once,
 /// before anything starts, when it cannot be reached.
-async fn connect_docker(config: &Config) -> anyhow::Result<Option<DockerRuntime>> {
-    let Some(service) = config
-        .services
-        .values()
-        .find(|s| s.runtime == RuntimeKind::Docker)
-    else {
+/// This machine's Docker Engine, when a service runs containers here or
+/// pushes images from here to its hosts.
+async fn connect_docker(config: &Config) -> anyhow::Result<Option<Arc<DockerRuntime>>> {
+    let Some(service) = config.services.values().find(|s| {
+        s.runtime == RuntimeKind::Docker && (s.on.is_empty() || s.deliver == Deliver::Push)
+    }) else {
         return Ok(None);
     };
     let socket = baton_runtime::default_socket();
@@ -146,7 +151,7 @@ async fn connect_docker(config: &Config) -> anyhow::Result<Option<DockerRuntime>
         )
     })?;
     tracing::info!(socket = %socket.display(), "connected to the Docker Engine");
-    Ok(Some(docker))
+    Ok(Some(Arc::new(docker)))
 }
 
 fn bind(addr: std::net::SocketAddr) -> anyhow::Result<StdTcpListener> {

@@ -30,6 +30,8 @@ pub struct HostConfig {
     /// baton's working area on the host (releases, logs); relative paths are
     /// relative to the login directory.
     pub dir: String,
+    /// The host's Docker Engine socket, reached through the SSH connection.
+    pub docker_socket: String,
 }
 
 /// How a release reaches remote hosts (`deliver`).
@@ -56,6 +58,8 @@ pub(crate) struct Host {
     known_hosts: Option<String>,
     #[serde(default)]
     dir: Option<String>,
+    #[serde(default)]
+    docker_socket: Option<String>,
 }
 
 /// Validates every `[hosts.NAME]` table.
@@ -101,8 +105,15 @@ impl Host {
                 "may use only letters, digits and / . _ - (a relative path starts at the login directory)",
             ));
         }
+        let docker_socket = self
+            .docker_socket
+            .unwrap_or_else(|| "/var/run/docker.sock".to_string());
+        if !docker_socket.starts_with('/') {
+            return Err(at.err(key("docker_socket"), "must be an absolute path on the host"));
+        }
         Ok(HostConfig {
             name: name.to_string(),
+            docker_socket,
             address: address.to_string(),
             user: self.user,
             port: self.port,
@@ -168,13 +179,6 @@ impl RawPlacement {
             if on[..i].contains(name) {
                 return Err(at.err(key("on"), format!("host {name:?} is listed twice")));
             }
-        }
-        if runtime == RuntimeKind::Docker && !on.is_empty() {
-            return Err(at.err(
-                key("on"),
-                "runtime = \"docker\" runs on this machine's Docker Engine only, for now \
-                 (remote hosts run the process runtime)",
-            ));
         }
         let deliver = match self.deliver.as_deref() {
             None | Some("push") => Deliver::Push,

@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use baton_config::{ServiceConfig, Vars};
+use baton_config::{Deliver, ServiceConfig, Vars};
 use baton_core::Color;
 use baton_runtime::{Delivery, Instance, InstanceSpec};
 use futures_util::future::join_all;
@@ -30,18 +30,29 @@ fn hosts(cfg: &ServiceConfig) -> Vec<Option<&str>> {
     }
 }
 
-/// The tarball of `version`, on this machine.
-fn artifact(cfg: &ServiceConfig, version: &str) -> Option<PathBuf> {
-    let vars = Vars {
+/// What a release's files are filled in with, before any instance exists.
+fn release_vars<'a>(cfg: &'a ServiceConfig, version: &'a str) -> Vars<'a> {
+    Vars {
         version,
         color: "",
         service: &cfg.name,
         port: None,
         preview_url: None,
-    };
+    }
+}
+
+/// The tarball of `version`, on this machine.
+fn artifact(cfg: &ServiceConfig, version: &str) -> Option<PathBuf> {
+    let vars = release_vars(cfg, version);
     cfg.artifact
         .as_ref()
         .map(|t| PathBuf::from(t.render(&vars)))
+}
+
+/// The image of `version` that remote hosts get, for a container service on hosts.
+fn remote_image(cfg: &ServiceConfig, version: &str) -> Option<String> {
+    let image = cfg.image.as_ref().filter(|_| !cfg.on.is_empty())?;
+    Some(image.render(&release_vars(cfg, version)))
 }
 
 /// Checks, before anything is recorded or started, that every host answers
@@ -61,11 +72,15 @@ pub(crate) async fn preflight(
             ));
         }
     }
+    if let Some(image) = remote_image(cfg, version).filter(|_| cfg.deliver == Deliver::Push) {
+        shared.fleet.check_image(&image).await?;
+    }
     shared.fleet.reach(&cfg.on).await.map_err(|e| e.to_string())
 }
 
-/// Delivers the release's tarball to every host that lacks it; `keep` are
-/// the versions running there, which pruning must spare.
+/// Delivers the release (its tarball, or its image) to every host that
+/// lacks it; `keep` are the versions running there, which pruning of
+/// tarballs must spare.
 pub(crate) async fn deliver(
     shared: &Shared,
     cfg: &ServiceConfig,
@@ -73,14 +88,15 @@ pub(crate) async fn deliver(
     keep: &[String],
     news: &(impl Fn(HostNews) + Sync),
 ) -> Result<(), String> {
-    let Some(path) = artifact(cfg, version) else {
-        return Ok(());
+    let (what, artifact, image) = match (artifact(cfg, version), remote_image(cfg, version)) {
+        (Some(path), _) => {
+            let file = path.file_name().map(|f| f.to_string_lossy().into_owned());
+            (file.unwrap_or_default(), Some(path), None)
+        }
+        (None, Some(image)) => (format!("image {image}"), None, Some(image)),
+        (None, None) => return Ok(()),
     };
-    let file = path
-        .file_name()
-        .map(|f| f.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let file = &file;
+    let what = &what;
     let deliveries = cfg.on.iter().map(|host| {
         let tell = move |message: String, sent| {
             news(HostNews {
@@ -90,23 +106,36 @@ pub(crate) async fn deliver(
             })
         };
         let progress = move |d: Delivery| match d {
-            Delivery::Present => tell(format!("has {file} already"), None),
+            Delivery::Present => tell(format!("has {what} already"), None),
             Delivery::Sending { sent, total } => tell(
-                format!("sending {file}: {} of {}", size(sent), size(total)),
+                format!("sending {what}: {} of {}", size(sent), size(total)),
                 Some((sent, total)),
             ),
             Delivery::Unpacked { bytes, took } => tell(
                 format!(
-                    "{file} sent ({}) and unpacked in {:.1}s",
+                    "{what} sent ({}) and unpacked in {:.1}s",
                     size(bytes),
                     took.as_secs_f64()
                 ),
                 Some((bytes, bytes)),
             ),
         };
-        shared
-            .fleet
-            .deliver(host, &cfg.name, version, &path, keep, progress)
+        let (fleet, artifact, image) = (&shared.fleet, &artifact, &image);
+        async move {
+            match (artifact, image) {
+                (Some(path), _) => {
+                    fleet
+                        .deliver(host, &cfg.name, version, path, keep, progress)
+                        .await
+                }
+                (None, Some(image)) => {
+                    fleet
+                        .deliver_image(host, image, cfg.deliver, progress)
+                        .await
+                }
+                (None, None) => Ok(()),
+            }
+        }
     });
     first_error(join_all(deliveries).await)
 }

@@ -1,8 +1,9 @@
-//! The docker runtime: each instance is a container on the local Docker
-//! Engine, driven through its API socket (bollard).
+//! The docker runtime: each instance is a container on a Docker Engine,
+//! driven through its API socket (bollard): this machine's, or a remote
+//! host's through a socket forwarded over SSH.
 //!
-//! A container is published on a loopback port of this host, which is the
-//! instance's address, and carries the labels `baton.service`, `baton.color`,
+//! A container is published on a loopback port of this machine (on a remote
+//! host: on the host's address), which is the instance's address, and carries the labels `baton.service`, `baton.color`,
 //! `baton.version` and `baton.index`. Like processes, containers outlive
 //! baton on purpose (no restart policy, no auto-remove): the next
 //! `baton serve` adopts them by id.
@@ -35,6 +36,8 @@ use bollard::Docker;
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
+use crate::remote::PORTS;
+use crate::ssh::Host;
 use crate::{logfile, ports, Handle, Instance, InstanceSpec, Runtime, RuntimeError};
 
 /// Every container baton starts carries this label, valued with its service.
@@ -55,13 +58,23 @@ pub fn default_socket() -> PathBuf {
     }
 }
 
-/// Runs instances as containers on the local Docker Engine.
+/// Runs instances as containers on one Docker Engine.
 pub struct DockerRuntime {
     docker: Docker,
     socket: PathBuf,
+    place: Place,
     known: Arc<Mutex<Known>>,
     /// The task following the engine's events.
     watcher: tokio::task::AbortHandle,
+}
+
+/// Where the engine runs, which decides where containers are published.
+#[derive(Clone)]
+pub(crate) enum Place {
+    /// This machine: on a loopback port.
+    Local,
+    /// A remote host: on its address, on a port free there.
+    Remote(Arc<Host>),
 }
 
 /// What the runtime knows of baton's containers.
@@ -101,6 +114,11 @@ impl DockerRuntime {
     /// containers exist, and starts following its events. Must run inside a
     /// tokio runtime, which the event task lives on.
     pub async fn connect(socket: &Path) -> Result<Self, RuntimeError> {
+        Self::connect_at(socket, Place::Local).await
+    }
+
+    /// Connects to the engine at `socket`, which runs at `place`.
+    pub(crate) async fn connect_at(socket: &Path, place: Place) -> Result<Self, RuntimeError> {
         let fail = |e: &dyn fmt::Display| {
             RuntimeError::Docker(format!(
                 "cannot reach the Docker Engine at {}: {e}",
@@ -130,6 +148,7 @@ impl DockerRuntime {
         Ok(Self {
             docker,
             socket: socket.to_path_buf(),
+            place,
             known,
             watcher,
         })
@@ -137,6 +156,25 @@ impl DockerRuntime {
 
     fn known(&self) -> MutexGuard<'_, Known> {
         lock(&self.known)
+    }
+
+    /// False once the engine's event stream ended (its connection broke), so
+    /// what the runtime knows may be stale and it must connect again.
+    pub(crate) fn is_connected(&self) -> bool {
+        !self.watcher.is_finished()
+    }
+
+    /// The engine's client, for delivering images.
+    pub(crate) fn client(&self) -> &Docker {
+        &self.docker
+    }
+
+    /// A port for a container to be published on, and the address it takes.
+    async fn publish_on(&self) -> Result<(std::net::IpAddr, u16), RuntimeError> {
+        match &self.place {
+            Place::Local => Ok(([127, 0, 0, 1].into(), ports::free_port()?)),
+            Place::Remote(host) => Ok((host.ip().await?, host.free_port(PORTS).await?)),
+        }
     }
 
     /// Removes a container, whatever its state; one already gone is fine.
@@ -224,7 +262,7 @@ impl Runtime for DockerRuntime {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let host_port = ports::free_port()?;
+            let (ip, host_port) = self.publish_on().await?;
             let port = spec.port.unwrap_or(host_port);
             let vars = spec.vars(port);
             let image = image.render(&vars);
@@ -269,7 +307,7 @@ impl Runtime for DockerRuntime {
                     port_bindings: Some(HashMap::from([(
                         published,
                         Some(vec![PortBinding {
-                            host_ip: Some("127.0.0.1".to_string()),
+                            host_ip: Some(ip.to_string()),
                             host_port: Some(host_port.to_string()),
                         }]),
                     )])),
@@ -323,10 +361,13 @@ impl Runtime for DockerRuntime {
                 return Err(e);
             }
             return Ok(Instance {
-                addr: SocketAddr::from(([127, 0, 0, 1], host_port)),
+                addr: SocketAddr::new(ip, host_port),
                 log: spec.log.clone(),
                 handle: Handle::Container { container: id },
-                host: None,
+                host: match &self.place {
+                    Place::Local => None,
+                    Place::Remote(host) => Some(host.name().to_string()),
+                },
             });
         }
     }

@@ -11,8 +11,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use baton_config::HostConfig;
+use baton_config::{Deliver, HostConfig};
 
+use crate::docker::DockerRuntime;
+use crate::engines::{self, Engines};
 use crate::ssh::{quote, Host};
 use crate::RuntimeError;
 
@@ -25,10 +27,22 @@ const DELIVERY_LIMIT: Duration = Duration::from_secs(600);
 /// The marker an unpacked release carries once it is whole.
 const COMPLETE: &str = ".baton-release";
 
-/// The hosts baton reaches over SSH.
-#[derive(Debug, Default)]
+/// The hosts baton reaches over SSH, their Docker Engines, and where the
+/// images pushed to them come from.
+#[derive(Default)]
 pub struct Fleet {
     hosts: BTreeMap<String, Arc<Host>>,
+    pub(crate) engines: Engines,
+    /// This machine's engine, which pushed images are taken from.
+    source: Option<Arc<DockerRuntime>>,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet")
+            .field("hosts", &self.hosts.keys())
+            .finish_non_exhaustive()
+    }
 }
 
 /// How a delivery to one host went, for progress lines.
@@ -44,8 +58,13 @@ pub enum Delivery {
 
 impl Fleet {
     /// The hosts of a config; connections are made when first needed, their
-    /// control sockets under `control_dir`.
-    pub fn new(hosts: &BTreeMap<String, HostConfig>, control_dir: &Path) -> Self {
+    /// control sockets (and forwarded engine sockets) under `control_dir`.
+    /// Images are pushed from `source`, this machine's engine, if connected.
+    pub fn new(
+        hosts: &BTreeMap<String, HostConfig>,
+        control_dir: &Path,
+        source: Option<Arc<DockerRuntime>>,
+    ) -> Self {
         let hosts = hosts
             .iter()
             .map(|(name, cfg)| {
@@ -53,7 +72,57 @@ impl Fleet {
                 (name.clone(), Arc::new(host))
             })
             .collect();
-        Self { hosts }
+        Self {
+            hosts,
+            engines: Engines::new(control_dir.to_path_buf()),
+            source,
+        }
+    }
+
+    /// The Docker Engine of host `name`, connected if needed.
+    pub(crate) async fn engine(&self, name: &str) -> Result<Arc<DockerRuntime>, RuntimeError> {
+        self.engines.engine(self.host(name)?).await
+    }
+
+    /// Checks that an image to be pushed is on this machine.
+    pub async fn check_image(&self, image: &str) -> Result<(), String> {
+        let source = self.source.as_ref().ok_or_else(no_source)?;
+        match engines::has_image(source, image).await? {
+            true => Ok(()),
+            false => Err(format!(
+                "image {image} not found on this machine (deliver = \"push\" sends it from here)"
+            )),
+        }
+    }
+
+    /// Gets `image` onto host `name`'s engine, unless it is there already:
+    /// pushed from this machine, or pulled by the host from its registry.
+    pub async fn deliver_image(
+        &self,
+        name: &str,
+        image: &str,
+        how: Deliver,
+        mut progress: impl FnMut(Delivery) + Send,
+    ) -> Result<(), RuntimeError> {
+        let host = self.host(name)?;
+        let fail = |message: String| RuntimeError::Host {
+            host: name.to_string(),
+            message,
+        };
+        let engine = self.engines.engine(host).await?;
+        if engines::has_image(&engine, image).await.map_err(fail)? {
+            progress(Delivery::Present);
+            return Ok(());
+        }
+        match how {
+            Deliver::Pull => engines::pull(&engine, image).await.map_err(fail),
+            Deliver::Push => {
+                let source = self.source.as_ref().ok_or_else(no_source).map_err(fail)?;
+                engines::push(source, &engine, image, &mut progress)
+                    .await
+                    .map_err(fail)
+            }
+        }
     }
 
     pub(crate) fn host(&self, name: &str) -> Result<&Arc<Host>, RuntimeError> {
@@ -100,11 +169,12 @@ impl Fleet {
                     source,
                 })?
                 .len();
+            progress(Delivery::Sending { sent: 0, total });
             let started = Instant::now();
             let mut last = Instant::now();
             let script = unpack_script(&releases, &release);
             host.run_with_input(&script, artifact, DELIVERY_LIMIT, |sent| {
-                if last.elapsed() >= Duration::from_secs(1) || sent == total {
+                if last.elapsed() >= Duration::from_secs(1) && sent < total {
                     last = Instant::now();
                     progress(Delivery::Sending { sent, total });
                 }
@@ -148,6 +218,10 @@ impl Fleet {
             .await
             .map(|_| ())
     }
+}
+
+fn no_source() -> String {
+    "pushing an image needs this machine's Docker Engine, and baton is not connected to it".into()
 }
 
 /// Unpacks stdin into a fresh directory beside the releases and renames it

@@ -3,6 +3,7 @@
 //! are interchangeable; [`Runtimes`] sends each instance to its own.
 
 mod docker;
+mod engines;
 mod fleet;
 mod logfile;
 mod ports;
@@ -13,6 +14,7 @@ mod ssh;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -187,22 +189,68 @@ pub trait Runtime: Send + Sync {
 #[derive(Debug, Default)]
 pub struct Runtimes {
     pub process: ProcessRuntime,
-    /// Connected only when some service uses containers.
-    pub docker: Option<DockerRuntime>,
+    /// This machine's engine; connected only when some service uses containers.
+    pub docker: Option<Arc<DockerRuntime>>,
     /// Processes on remote hosts.
     pub remote: RemoteRuntime,
+    /// The remote hosts, whose engines run their containers.
+    pub fleet: Arc<Fleet>,
 }
 
 impl Runtimes {
-    /// The runtime that runs `instance`, or why none can.
-    fn of(&self, instance: &Instance) -> Result<&dyn Runtime, String> {
-        match (&instance.host, &instance.handle, &self.docker) {
-            (Some(_), _, _) => Ok(&self.remote),
-            (None, Handle::Process { .. }, _) => Ok(&self.process),
-            (None, Handle::Container { .. }, Some(docker)) => Ok(docker),
-            (None, Handle::Container { container }, None) => Err(format!(
-                "is container {container}, and baton is not connected to Docker"
-            )),
+    /// The runtime that runs `instance`, or why none can now. A remote
+    /// host's engine is the one last connected (`None` if none is yet):
+    /// this must not wait.
+    fn of(&self, instance: &Instance) -> Result<Option<Chosen<'_>>, String> {
+        Ok(Some(
+            match (&instance.host, &instance.handle, &self.docker) {
+                (Some(host), Handle::Container { .. }, _) => {
+                    match self.fleet.engines.connected(host) {
+                        Some(engine) => Chosen::Engine(engine),
+                        None => return Ok(None),
+                    }
+                }
+                (Some(_), Handle::Process { .. }, _) => Chosen::Here(&self.remote),
+                (None, Handle::Process { .. }, _) => Chosen::Here(&self.process),
+                (None, Handle::Container { .. }, Some(docker)) => Chosen::Engine(docker.clone()),
+                (None, Handle::Container { container }, None) => {
+                    return Err(format!(
+                        "is container {container}, and baton is not connected to Docker"
+                    ))
+                }
+            },
+        ))
+    }
+
+    /// Like [`Runtimes::of`], connecting a remote host's engine if needed.
+    async fn connect(&self, instance: &Instance) -> Result<Chosen<'_>, RuntimeError> {
+        if let (Some(host), Handle::Container { .. }) = (&instance.host, &instance.handle) {
+            return Ok(Chosen::Engine(self.fleet.engine(host).await?));
+        }
+        match self.of(instance) {
+            Ok(Some(chosen)) => Ok(chosen),
+            Ok(None) => unreachable!("only a remote container can lack its runtime"),
+            Err(why) => Err(RuntimeError::Docker(format!(
+                "instance {}: {why}",
+                instance.addr
+            ))),
+        }
+    }
+}
+
+/// A runtime chosen for an instance: one of the dispatcher's own, or an engine.
+enum Chosen<'a> {
+    Here(&'a dyn Runtime),
+    Engine(Arc<DockerRuntime>),
+}
+
+impl<'a> std::ops::Deref for Chosen<'a> {
+    type Target = dyn Runtime + 'a;
+
+    fn deref(&self) -> &Self::Target {
+        match self {
+            Chosen::Here(runtime) => *runtime,
+            Chosen::Engine(engine) => engine.as_ref(),
         }
     }
 }
@@ -213,36 +261,47 @@ impl Runtime for Runtimes {
         match (spec.runtime, &spec.host, &self.docker) {
             (RuntimeKind::Process, Some(_), _) => self.remote.start(spec).await,
             (RuntimeKind::Process, None, _) => self.process.start(spec).await,
-            (RuntimeKind::Docker, _, Some(docker)) => docker.start(spec).await,
-            (RuntimeKind::Docker, _, None) => Err(RuntimeError::NoDocker(spec.service.clone())),
+            (RuntimeKind::Docker, Some(host), _) => {
+                self.fleet.engine(host).await?.start(spec).await
+            }
+            (RuntimeKind::Docker, None, Some(docker)) => docker.start(spec).await,
+            (RuntimeKind::Docker, None, None) => Err(RuntimeError::NoDocker(spec.service.clone())),
         }
     }
 
     fn exited(&self, instance: &Instance) -> Option<String> {
         match self.of(instance) {
-            Ok(runtime) => runtime.exited(instance),
+            Ok(Some(runtime)) => runtime.exited(instance),
+            // A remote engine not connected yet knows nothing either way.
+            Ok(None) => None,
             Err(why) => Some(why),
         }
     }
 
     async fn settle(&self, instances: &[Instance]) {
         self.remote.settle(instances).await;
-    }
-
-    async fn stop(&self, instance: &Instance, grace: Duration) -> Result<(), RuntimeError> {
-        match self.of(instance) {
-            Ok(runtime) => runtime.stop(instance, grace).await,
-            Err(why) => Err(RuntimeError::Docker(format!(
-                "instance {}: {why}",
-                instance.addr
-            ))),
+        let mut hosts: Vec<&str> = instances
+            .iter()
+            .filter(|i| matches!(i.handle, Handle::Container { .. }))
+            .filter_map(|i| i.host.as_deref())
+            .collect();
+        hosts.dedup();
+        for host in hosts {
+            if let Err(e) = self.fleet.engine(host).await {
+                tracing::warn!(host, error = %e, "cannot reach the host's Docker Engine");
+            }
         }
     }
 
+    async fn stop(&self, instance: &Instance, grace: Duration) -> Result<(), RuntimeError> {
+        self.connect(instance).await?.stop(instance, grace).await
+    }
+
+    /// Every runtime but the remote process one keeps the output here.
     async fn log_tail(&self, instance: &Instance, lines: usize) -> String {
-        match self.of(instance) {
-            Ok(runtime) => runtime.log_tail(instance, lines).await,
-            Err(_) => logfile::tail(&instance.log, lines),
+        match (&instance.host, &instance.handle) {
+            (Some(_), Handle::Process { .. }) => self.remote.log_tail(instance, lines).await,
+            _ => logfile::tail(&instance.log, lines),
         }
     }
 }

@@ -6,10 +6,10 @@
 //! Exits are learnt by polling: one short script per host and second lists
 //! which watched processes still run, so that `exited` can answer at once.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -22,9 +22,7 @@ use crate::{Handle, Instance, InstanceSpec, Runtime, RuntimeError};
 const POLL: Duration = Duration::from_millis(500);
 /// Ports instances are given, below Linux's ephemeral range so that no
 /// outgoing connection on the host holds one.
-const PORTS: std::ops::Range<u16> = 20000..32000;
-/// How long a handed-out port is not handed out again on the same host.
-const QUARANTINE: Duration = Duration::from_secs(60);
+pub(crate) const PORTS: std::ops::Range<u16> = 20000..32000;
 
 /// A watched instance: its host, pid and start time.
 type Key = (String, u32, u64);
@@ -33,8 +31,6 @@ type Key = (String, u32, u64);
 #[derive(Debug, Default)]
 pub struct RemoteRuntime {
     fleet: Arc<Fleet>,
-    /// Ports handed out recently, per host.
-    handed_out: Mutex<HashMap<String, VecDeque<(Instant, u16)>>>,
     /// Every instance asked about or started: `Some(why)` once it is gone.
     watched: Arc<Mutex<HashMap<Key, Option<String>>>>,
     /// Hosts whose poller runs.
@@ -47,38 +43,6 @@ impl RemoteRuntime {
             fleet,
             ..Self::default()
         }
-    }
-
-    /// A port no process on the host listens on, not handed out lately.
-    async fn free_port(&self, host: &Host) -> Result<u16, RuntimeError> {
-        let tables = host
-            .run(
-                "cat /proc/net/tcp /proc/net/tcp6 2>/dev/null || true",
-                COMMAND_LIMIT,
-            )
-            .await?;
-        let listening = listening_ports(&tables);
-        let mut handed_out = self.handed_out.lock().unwrap_or_else(|e| e.into_inner());
-        let recent = handed_out.entry(host.name().to_string()).or_default();
-        while recent
-            .front()
-            .is_some_and(|(at, _)| at.elapsed() > QUARANTINE)
-        {
-            recent.pop_front();
-        }
-        // Start somewhere different each time, so that two batons sharing a
-        // host rarely pick the same port in the same moment.
-        let span = PORTS.end - PORTS.start;
-        let offset = (random() % span as u64) as u16;
-        let port = (0..span)
-            .map(|i| PORTS.start + (offset + i) % span)
-            .find(|p| !listening.contains(p) && !recent.iter().any(|(_, r)| r == p))
-            .ok_or_else(|| RuntimeError::Host {
-                host: host.name().to_string(),
-                message: format!("no free port in {PORTS:?}"),
-            })?;
-        recent.push_back((Instant::now(), port));
-        Ok(port)
     }
 
     /// Starts watching `key`, and its host's poller if not running yet.
@@ -106,7 +70,7 @@ impl Runtime for RemoteRuntime {
     async fn start(&self, spec: &InstanceSpec) -> Result<Instance, RuntimeError> {
         let name = spec.host.as_deref().unwrap_or_default();
         let host = self.fleet.host(name)?;
-        let port = self.free_port(host).await?;
+        let port = host.free_port(PORTS).await?;
         let vars = spec.vars(port);
         let service_dir = fleet::service_dir(host, &spec.service);
         let workdir = spec.workdir.render(&vars);
@@ -312,44 +276,5 @@ async fn poll_exits(host: Arc<Host>, watched: Arc<Mutex<HashMap<Key, Option<Stri
                 slot.get_or_insert(why);
             }
         }
-    }
-}
-
-/// The local ports in LISTEN state in `/proc/net/tcp`-format tables.
-fn listening_ports(tables: &str) -> HashSet<u16> {
-    tables
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let local = fields.nth(1)?;
-            let state = fields.nth(1)?;
-            let port = local.rsplit(':').next()?;
-            (state == "0A").then(|| u16::from_str_radix(port, 16).ok())?
-        })
-        .collect()
-}
-
-/// A random number, from the standard library's randomly keyed hasher.
-fn random() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn listening_ports_are_read_from_proc_net_tcp() {
-        let tables = "\
-  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
-   0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1
-   1: 0100007F:1F90 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 2 1
-   0: 00000000000000000000000000000000:4E20 00000000000000000000000000000000:0000 0A 0 0 0 0 0 0 0
-";
-        let ports = listening_ports(tables);
-        assert_eq!(ports, HashSet::from([22, 20000]));
     }
 }

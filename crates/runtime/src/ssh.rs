@@ -6,11 +6,12 @@
 //! that stops answering fails the script after its time limit instead of
 //! hanging the deploy, and the next script connects anew.
 
+use std::collections::{HashSet, VecDeque};
 use std::error::Error as _;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use baton_config::HostConfig;
 use openssh::{KnownHosts, Session, SessionBuilder, Stdio};
@@ -21,6 +22,8 @@ use crate::RuntimeError;
 
 /// Longest wait for a host to accept a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a handed-out port is not handed out again.
+const PORT_QUARANTINE: Duration = Duration::from_secs(60);
 /// How often the connection is probed, so that a host cut off is noticed
 /// within a few of these even while nothing is sent.
 const ALIVE_INTERVAL: Duration = Duration::from_secs(2);
@@ -31,12 +34,19 @@ pub struct Host {
     /// Where the connection's control socket lives.
     control_dir: PathBuf,
     connection: Mutex<Option<Connection>>,
+    /// Connections made so far.
+    connections: std::sync::atomic::AtomicU64,
+    /// Ports handed out recently: an app may not listen on its port yet.
+    handed_out: std::sync::Mutex<VecDeque<(Instant, u16)>>,
 }
 
 /// A live master connection and what it told us about the host.
 #[derive(Clone)]
 struct Connection {
     session: Arc<Session>,
+    /// Counts the connections made to the host, so that what depends on
+    /// one (a forwarded socket) knows when it must be made again.
+    generation: u64,
     /// The host's address as the connection reached it, where its apps are
     /// reached too (`address` may be a name only `~/.ssh/config` knows).
     ip: IpAddr,
@@ -56,6 +66,8 @@ impl Host {
             config,
             control_dir,
             connection: Mutex::new(None),
+            connections: Default::default(),
+            handed_out: Default::default(),
         }
     }
 
@@ -73,6 +85,61 @@ impl Host {
     /// anything is started anywhere.
     pub async fn reach(&self) -> Result<(), RuntimeError> {
         self.run("true", CONNECT_TIMEOUT).await.map(|_| ())
+    }
+
+    /// Forwards the local unix socket `local` to `remote` on the host, over
+    /// the current connection; the generation of that connection is
+    /// returned, since the forward ends with it.
+    pub async fn forward(&self, local: &Path, remote: &str) -> Result<u64, RuntimeError> {
+        let connection = self.connection().await?;
+        let _ = std::fs::remove_file(local);
+        let forwarding = connection.session.request_port_forward(
+            openssh::ForwardType::Local,
+            openssh::Socket::UnixSocket {
+                path: local.to_path_buf().into(),
+            },
+            openssh::Socket::UnixSocket {
+                path: PathBuf::from(remote).into(),
+            },
+        );
+        tokio::time::timeout(CONNECT_TIMEOUT, forwarding)
+            .await
+            .map_err(|_| self.error(format!("forwarding {remote}: no answer")))?
+            .map_err(|e| self.error(format!("forwarding {remote}: {}", describe(&e))))?;
+        Ok(connection.generation)
+    }
+
+    /// The generation of the live connection, if there is one.
+    pub async fn generation(&self) -> Option<u64> {
+        self.connection.lock().await.as_ref().map(|c| c.generation)
+    }
+
+    /// A port no process on the host listens on, not handed out lately.
+    pub async fn free_port(&self, range: std::ops::Range<u16>) -> Result<u16, RuntimeError> {
+        let tables = self
+            .run(
+                "cat /proc/net/tcp /proc/net/tcp6 2>/dev/null || true",
+                CONNECT_TIMEOUT * 3,
+            )
+            .await?;
+        let listening = listening_ports(&tables);
+        let mut recent = self.handed_out.lock().unwrap_or_else(|e| e.into_inner());
+        while recent
+            .front()
+            .is_some_and(|(at, _)| at.elapsed() > PORT_QUARANTINE)
+        {
+            recent.pop_front();
+        }
+        // Start somewhere different each time, so that two batons sharing a
+        // host rarely pick the same port in the same moment.
+        let span = range.end - range.start;
+        let offset = (random() % u64::from(span)) as u16;
+        let port = (0..span)
+            .map(|i| range.start + (offset + i) % span)
+            .find(|p| !listening.contains(p) && !recent.iter().any(|(_, r)| r == p))
+            .ok_or_else(|| self.error(format!("no free port in {range:?}")))?;
+        recent.push_back((Instant::now(), port));
+        Ok(port)
     }
 
     /// Runs `script` with `sh` on the host and returns its output; a script
@@ -194,7 +261,14 @@ impl Host {
         let session = self.connect().await.map_err(|e| self.error(e))?;
         let session = Arc::new(session);
         let ip = self.remote_ip(&session).await?;
-        let connection = Connection { session, ip };
+        let generation = 1 + self
+            .connections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let connection = Connection {
+            session,
+            generation,
+            ip,
+        };
         *slot = Some(connection.clone());
         Ok(connection)
     }
@@ -266,7 +340,50 @@ fn describe(e: &openssh::Error) -> String {
     text.replace('\n', " ")
 }
 
+/// The local ports in LISTEN state in `/proc/net/tcp`-format tables.
+fn listening_ports(tables: &str) -> HashSet<u16> {
+    tables
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let local = fields.nth(1)?;
+            let state = fields.nth(1)?;
+            let port = local.rsplit(':').next()?;
+            (state == "0A").then(|| u16::from_str_radix(port, 16).ok())?
+        })
+        .collect()
+}
+
+/// A random number, from the standard library's randomly keyed hasher.
+fn random() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+}
+
 /// `s` quoted for a POSIX shell.
 pub fn quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listening_ports_are_read_from_proc_net_tcp() {
+        let tables = "\
+  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1
+   1: 0100007F:1F90 0100007F:C350 01 00000000:00000000 00:00000000 00000000     0        0 2 1
+   0: 00000000000000000000000000000000:4E20 00000000000000000000000000000000:0000 0A 0 0 0 0 0 0 0
+";
+        assert_eq!(listening_ports(tables), HashSet::from([22, 20000]));
+    }
+
+    #[test]
+    fn quoting_survives_quotes() {
+        assert_eq!(quote("it's"), r"'it'\''s'");
+    }
 }
