@@ -13,6 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use support::hosts::{TestHost, TestHosts};
+use support::images::{images, IMAGE};
 use support::*;
 
 /// Writes `dist/web-{version}.tar.gz` for each version under `dir`. The
@@ -83,9 +84,13 @@ fn releases(host: &TestHost) -> Vec<String> {
     r
 }
 
-/// `deploy --json` of `version`: its exit code and progress events.
+/// `deploy --json` of `version` of `web`: its exit code and progress events.
 fn deploy_json(b: &Baton, version: &str) -> (i32, Vec<serde_json::Value>) {
-    let out = b.cli(&["deploy", "web", version, "--json"]);
+    deploy_service_json(b, "web", version)
+}
+
+fn deploy_service_json(b: &Baton, service: &str, version: &str) -> (i32, Vec<serde_json::Value>) {
+    let out = b.cli(&["deploy", service, version, "--json"]);
     let events = text(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
@@ -316,6 +321,84 @@ fn bad_fleet_input_is_refused_before_anything_starts() {
     let err = text(&out.stderr);
     assert!(
         err.contains("services.web.on: unknown host \"app7\""),
+        "{err}"
+    );
+}
+
+/// The messages of `events` about `host` that contain `text`.
+fn said<'a>(events: &'a [serde_json::Value], host: &str, text: &str) -> Vec<&'a str> {
+    events
+        .iter()
+        .filter(|e| e["host"] == host)
+        .filter_map(|e| e["message"].as_str())
+        .filter(|m| m.contains(text))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn containers_run_on_each_hosts_engine_with_images_pushed_once() {
+    images();
+    let hosts = TestHosts::with_docker(2);
+    let mut b = Baton::new(&format!(
+        "{hosts}\n[services.app]\nruntime = \"docker\"\nimage = \"{IMAGE}:{{version}}\"\n\
+         port = 8000\nenv = {{ APP_VERSION = \"{{version}}\" }}\non = [\"app1\", \"app2\"]\n\
+         stop_timeout = \"2s\"\n\
+         [services.app.health]\ninterval = \"100ms\"\ndeadline = \"20s\"\n\
+         [services.app.switch]\ndrain_timeout = \"2s\"\nkeep_previous = \"1s\"\n",
+        hosts = hosts.toml(),
+    ));
+    b.start();
+
+    let (code, events) = deploy_service_json(&b, "app", "v1");
+    assert_eq!(code, 0, "{events:?}\n{}", b.serve_log());
+    for host in &hosts.hosts {
+        // Sent compressed: fewer bytes than the image has.
+        let sent = said(&events, &host.name, "sent (");
+        assert_eq!(sent.len(), 1, "{}: {events:?}", host.name);
+        let ports = host.docker(&[
+            "ps",
+            "--filter",
+            "label=baton.version=v1",
+            "--format",
+            "{{.Ports}}",
+        ]);
+        assert!(
+            ports.trim().starts_with(&format!("{}:", host.address)),
+            "{}: published on {ports:?}",
+            host.name
+        );
+    }
+    let (_, body) = baton_loadgen::get_once(&b.url("/"), None).await.unwrap();
+    assert_eq!(body.trim(), "version=v1");
+
+    deploys_under_load(&b, "app", &["v2"]).await;
+    wait_until("v1's containers removed", Duration::from_secs(30), || {
+        hosts.hosts.iter().all(|h| {
+            h.docker(&["ps", "-aq", "--filter", "label=baton.version=v1"])
+                .trim()
+                .is_empty()
+        })
+    });
+
+    // Both hosts have v1's image now: nothing is sent again.
+    let (code, events) = deploy_service_json(&b, "app", "v1");
+    assert_eq!(code, 0, "{events:?}");
+    for host in &hosts.hosts {
+        let present = said(
+            &events,
+            &host.name,
+            &format!("has image {IMAGE}:v1 already"),
+        );
+        assert_eq!(present.len(), 1, "{}: {events:?}", host.name);
+    }
+    assert!(!events.iter().any(|e| e["sent"].is_u64()), "{events:?}");
+
+    // An image this machine does not have is refused before anything starts.
+    let out = b.cli(&["deploy", "app", "v404"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!("image {IMAGE}:v404 not found on this machine")),
         "{err}"
     );
 }

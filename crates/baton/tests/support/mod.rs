@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod hosts;
+pub mod images;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

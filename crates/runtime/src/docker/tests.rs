@@ -23,6 +23,7 @@ fn container(id: &str) -> Instance {
         handle: Handle::Container {
             container: id.to_string(),
         },
+        host: None,
     }
 }
 
@@ -178,6 +179,8 @@ async fn a_missing_image_is_named() {
         image: Some(t("baton-runtime-test-missing:{version}")),
         port: Some(8000),
         log: dir.path().join("web.log"),
+        host: None,
+        unpacked: false,
     };
     let e = rt.start(&spec).await.unwrap_err().to_string();
     assert_eq!(

@@ -20,6 +20,8 @@ fn spec(dir: &Path, script: &str) -> InstanceSpec {
         image: None,
         port: None,
         log: dir.join("logs/web.log"),
+        host: None,
+        unpacked: false,
     }
 }
 
@@ -55,10 +57,10 @@ async fn stop_reaches_every_process_of_the_group() {
     assert!(rt.exited(&inst).is_none());
     assert!(pid_alive(worker));
 
-    rt.stop(&inst, Duration::from_secs(5)).await;
+    rt.stop(&inst, Duration::from_secs(5)).await.unwrap();
     wait_for("the leader's exit", || rt.exited(&inst).is_some()).await;
     assert!(!pid_alive(worker), "a forked worker was left behind");
-    let log = rt.log_tail(&inst, 5);
+    let log = rt.log_tail(&inst, 5).await;
     assert_eq!(log, format!("hello v1 on {}", inst.addr.port()));
 }
 
@@ -73,9 +75,9 @@ async fn sigkill_after_grace_when_sigterm_is_ignored() {
         ))
         .await
         .unwrap();
-    wait_for("the trap", || rt.log_tail(&inst, 1) == "ready").await;
+    wait_for("the trap", || crate::logfile::tail(&inst.log, 1) == "ready").await;
     let started = Instant::now();
-    rt.stop(&inst, Duration::from_millis(300)).await;
+    rt.stop(&inst, Duration::from_millis(300)).await.unwrap();
     wait_for("the exit", || rt.exited(&inst).is_some()).await;
     assert!(started.elapsed() >= Duration::from_millis(300));
     assert_eq!(rt.exited(&inst).unwrap(), "killed by signal 9");
@@ -91,7 +93,7 @@ async fn exit_status_is_reported() {
         .unwrap();
     wait_for("the exit", || rt.exited(&inst).is_some()).await;
     assert_eq!(rt.exited(&inst).unwrap(), "exited with status 3");
-    assert_eq!(rt.log_tail(&inst, 1), "boom");
+    assert_eq!(rt.log_tail(&inst, 1).await, "boom");
 }
 
 #[tokio::test]
@@ -115,7 +117,7 @@ async fn an_adopting_runtime_sees_the_process_and_stops_it() {
         adopter.exited(&reused).is_some(),
         "a reused pid is not ours"
     );
-    adopter.stop(&inst, Duration::from_secs(5)).await;
+    adopter.stop(&inst, Duration::from_secs(5)).await.unwrap();
     wait_for("the exit", || first.exited(&inst).is_some()).await;
 }
 
