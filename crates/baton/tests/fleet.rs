@@ -17,7 +17,8 @@ use support::images::{images, IMAGE};
 use support::*;
 
 /// Writes `dist/web-{version}.tar.gz` for each version under `dir`. The
-/// app never turns healthy on a host whose directory holds `unhealthy`.
+/// app never turns healthy on a host whose directory holds `unhealthy`, and
+/// only after 5s on one that holds `slow`.
 fn tarballs(dir: &Path, versions: &[&str]) {
     for version in versions {
         let root = dir.join("build").join(version);
@@ -26,6 +27,7 @@ fn tarballs(dir: &Path, versions: &[&str]) {
             "#!/bin/sh\n\
              # The host's directory is three up from releases/VERSION.\n\
              extra=\n[ -e ../../../unhealthy ] && extra=--never-healthy\n\
+             [ -e ../../../slow ] && extra=\"$extra --unhealthy-for 5s\"\n\
              exec {BATON} sample-app --port \"$PORT\" --listen-host 0.0.0.0 --version {version} $extra\n"
         );
         let bin = root.join("bin/web");
@@ -58,7 +60,7 @@ fn fleet_baton(hosts: &TestHosts, per_host: usize, versions: &[&str], extra: &st
     let b = Baton::new(&format!(
         "{hosts}\n[services.web]\ncommand = [\"./bin/web\"]\non = [{on}]\ninstances = {per_host}\n\
          artifact = \"dist/web-{{version}}.tar.gz\"\nstop_timeout = \"2s\"\n{extra}\n\
-         [services.web.health]\ninterval = \"100ms\"\ndeadline = \"20s\"\n\
+         [services.web.health]\ninterval = \"100ms\"\ndeadline = \"10s\"\n\
          [services.web.switch]\ndrain_timeout = \"2s\"\nkeep_previous = \"1s\"\n",
         hosts = hosts.toml(),
         on = names.join(", "),
@@ -76,7 +78,7 @@ fn running(host: &TestHost, version: &str) -> Vec<u32> {
 /// The releases unpacked on `host`, sorted.
 fn releases(host: &TestHost) -> Vec<String> {
     let mut r: Vec<String> = host
-        .sh(&format!("ls -1 {}/web/releases", host.dir.display()))
+        .sh(&format!("ls -1A {}/web/releases", host.dir.display()))
         .lines()
         .map(String::from)
         .collect();
@@ -234,6 +236,50 @@ fn a_host_that_fails_fails_the_deploy_before_traffic_moves() {
 }
 
 #[test]
+fn a_host_cut_off_mid_deploy_fails_it_and_is_cleaned_up_once_back() {
+    let hosts = TestHosts::start(2);
+    let (app1, app2) = (&hosts.hosts[0], &hosts.hosts[1]);
+    let mut b = fleet_baton(&hosts, 1, &["v1", "v2"], "");
+    b.start();
+    b.ok(&["deploy", "web", "v1"]);
+
+    // v2 takes 5s to turn healthy: app2 is cut off while it waits.
+    for host in [app1, app2] {
+        host.sh(&format!("touch {}/slow", host.dir.display()));
+    }
+    let deploy = b.spawn_cli(&["deploy", "web", "v2"]);
+    wait_until("v2 started on both hosts", Duration::from_secs(20), || {
+        !running(app1, "v2").is_empty() && !running(app2, "v2").is_empty()
+    });
+    app2.cut_off();
+    let out = wait_child("the deploy", deploy, Duration::from_secs(90));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("app2") && err.contains("not healthy"), "{err}");
+    assert!(
+        running(app1, "v2").is_empty(),
+        "the candidate on app1 was stopped"
+    );
+    let (status, body) = get(&b.url("/"));
+    assert_eq!(
+        (status, body.trim()),
+        (200, "version=v1"),
+        "traffic never moved"
+    );
+    let left = b.status("web")["leftovers"].clone();
+    assert_eq!(left.as_array().map(Vec::len), Some(1), "{left}");
+    assert_eq!(left[0]["host"], "app2");
+
+    app2.reconnect();
+    wait_until("app2's candidate stopped", Duration::from_secs(60), || {
+        running(app2, "v2").is_empty()
+    });
+    wait_until("the leftover forgotten", Duration::from_secs(10), || {
+        b.status("web")["leftovers"] == serde_json::json!([])
+    });
+}
+
+#[test]
 fn a_host_cut_off_is_cleaned_up_once_it_is_back() {
     let hosts = TestHosts::start(2);
     let app2 = &hosts.hosts[1];
@@ -286,8 +332,20 @@ fn a_host_cut_off_is_cleaned_up_once_it_is_back() {
 #[test]
 fn bad_fleet_input_is_refused_before_anything_starts() {
     let hosts = TestHosts::start(1);
+    let app1 = &hosts.hosts[0];
     let mut b = fleet_baton(&hosts, 1, &["v1"], "");
     b.start();
+    // What a delivery cut off halfway leaves is never taken for a release:
+    // v1 is there without the mark of a whole one, beside a partial unpack.
+    app1.sh(&format!(
+        "mkdir -p {d}/web/releases/v1/bin {d}/web/releases/.partial-old && \
+         printf \"#!/bin/sh\\nexit 3\\n\" > {d}/web/releases/v1/bin/web && chmod +x {d}/web/releases/v1/bin/web",
+        d = app1.dir.display()
+    ));
+    b.ok(&["deploy", "web", "v1"]);
+    assert_eq!(releases(app1), ["v1"], "the partial unpack is gone");
+    assert_eq!(running(app1, "v1").len(), 1, "v1 was delivered whole");
+
     // No tarball for v9.
     let out = b.cli(&["deploy", "web", "v9"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
@@ -297,8 +355,8 @@ fn bad_fleet_input_is_refused_before_anything_starts() {
         "{err}"
     );
     assert!(
-        b.history("web").is_empty(),
-        "nothing recorded: {:?}",
+        b.history("web").len() == 1,
+        "nothing recorded beside v1's deploy: {:?}",
         b.history("web")
     );
 

@@ -36,7 +36,7 @@ use bollard::Docker;
 use futures_util::StreamExt;
 use tokio::io::AsyncWriteExt;
 
-use crate::remote::PORTS;
+use crate::fleet::HOST_PORTS;
 use crate::ssh::Host;
 use crate::{logfile, ports, Handle, Instance, InstanceSpec, Runtime, RuntimeError};
 
@@ -173,7 +173,7 @@ impl DockerRuntime {
     async fn publish_on(&self) -> Result<(std::net::IpAddr, u16), RuntimeError> {
         match &self.place {
             Place::Local => Ok(([127, 0, 0, 1].into(), ports::free_port()?)),
-            Place::Remote(host) => Ok((host.ip().await?, host.free_port(PORTS).await?)),
+            Place::Remote(host) => Ok((host.ip().await?, host.free_port(HOST_PORTS).await?)),
         }
     }
 

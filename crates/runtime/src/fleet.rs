@@ -24,6 +24,9 @@ pub const KEEP_RELEASES: usize = 5;
 pub(crate) const COMMAND_LIMIT: Duration = Duration::from_secs(15);
 /// Longest a delivery may take, whatever its size.
 const DELIVERY_LIMIT: Duration = Duration::from_secs(600);
+/// Ports instances on hosts are given, below Linux's ephemeral range so that
+/// no outgoing connection on the host holds one.
+pub(crate) const HOST_PORTS: std::ops::Range<u16> = 20000..32000;
 /// The marker an unpacked release carries once it is whole.
 const COMPLETE: &str = ".baton-release";
 

@@ -13,16 +13,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::fleet::{self, Fleet, COMMAND_LIMIT};
+use crate::fleet::{self, Fleet, COMMAND_LIMIT, HOST_PORTS};
 use crate::process::parse_stat;
 use crate::ssh::{quote, Host};
 use crate::{Handle, Instance, InstanceSpec, Runtime, RuntimeError};
 
 /// How often each host is asked which of its instances still run.
 const POLL: Duration = Duration::from_millis(500);
-/// Ports instances are given, below Linux's ephemeral range so that no
-/// outgoing connection on the host holds one.
-pub(crate) const PORTS: std::ops::Range<u16> = 20000..32000;
 
 /// A watched instance: its host, pid and start time.
 type Key = (String, u32, u64);
@@ -70,7 +67,7 @@ impl Runtime for RemoteRuntime {
     async fn start(&self, spec: &InstanceSpec) -> Result<Instance, RuntimeError> {
         let name = spec.host.as_deref().unwrap_or_default();
         let host = self.fleet.host(name)?;
-        let port = host.free_port(PORTS).await?;
+        let port = host.free_port(HOST_PORTS).await?;
         let vars = spec.vars(port);
         let service_dir = fleet::service_dir(host, &spec.service);
         let workdir = spec.workdir.render(&vars);

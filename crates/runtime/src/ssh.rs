@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use baton_config::HostConfig;
-use openssh::{KnownHosts, Session, SessionBuilder, Stdio};
+use openssh::{KnownHosts, OwningCommand, Session, SessionBuilder, Stdio};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Mutex;
 
@@ -147,13 +147,7 @@ impl Host {
     /// within `limit` an error saying so.
     pub async fn run(&self, script: &str, limit: Duration) -> Result<String, RuntimeError> {
         let connection = self.connection().await?;
-        let mut command = connection.session.arc_command("sh");
-        command
-            .arg("-c")
-            .arg(script)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        let mut command = shell(&connection.session, script, Stdio::null());
         let output = tokio::time::timeout(limit, command.output()).await;
         self.finish(output, limit).await
     }
@@ -174,13 +168,7 @@ impl Host {
                 source,
             })?;
         let connection = self.connection().await?;
-        let mut command = connection.session.arc_command("sh");
-        command
-            .arg("-c")
-            .arg(script)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        let mut command = shell(&connection.session, script, Stdio::piped());
         let work = async {
             let mut child = command.spawn().await?;
             let mut stdin = child.stdin().take().ok_or(openssh::Error::Disconnected)?;
@@ -310,8 +298,8 @@ impl Host {
     /// The address the host was reached on, from its side of the connection
     /// (`$SSH_CONNECTION`: client ip, client port, server ip, server port).
     async fn remote_ip(&self, session: &Arc<Session>) -> Result<IpAddr, RuntimeError> {
-        let mut command = session.clone().arc_command("sh");
-        let output = command.arg("-c").arg("echo $SSH_CONNECTION").output();
+        let mut command = shell(session, "echo $SSH_CONNECTION", Stdio::null());
+        let output = command.output();
         let output = tokio::time::timeout(CONNECT_TIMEOUT, output)
             .await
             .map_err(|_| self.error("no answer after connecting".into()))?
@@ -322,6 +310,18 @@ impl Host {
             .and_then(|ip| ip.parse().ok())
             .ok_or_else(|| self.error(format!("cannot tell its address from {:?}", text.trim())))
     }
+}
+
+/// `sh -c script` on the host, its output captured.
+fn shell(session: &Arc<Session>, script: &str, stdin: Stdio) -> OwningCommand<Arc<Session>> {
+    let mut command = session.clone().arc_command("sh");
+    command
+        .arg("-c")
+        .arg(script)
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
 }
 
 /// An ssh error with its causes, on one line.
