@@ -337,9 +337,9 @@ impl<'a> Run<'a> {
                         Action::StartCandidate => self.start().await,
                         Action::AwaitHealthy => self.await_healthy().await,
                         Action::RunSmoke => self.smoke().await,
-                        Action::Switch => self.switch(slots)?,
+                        Action::Switch => self.switch(slots).await?,
                         Action::SetWeight(weight) => {
-                            self.set_weight(weight, slots)?;
+                            self.set_weight(weight, slots).await?;
                             continue;
                         }
                         Action::HoldStep { step, pause } => {
@@ -434,7 +434,8 @@ impl<'a> Run<'a> {
             .collect();
         let pool = Arc::new(Pool::new(self.color, self.version.clone(), targets));
         let health = HealthCheck::start(&self.shared.prober, &pool, &self.svc.cfg.health);
-        if let Err(e) = self.shared.traffic.stage(&self.svc.cfg.name, pool.clone()) {
+        let staged = self.shared.traffic.stage(&self.svc.cfg.name, pool.clone());
+        if let Err(e) = staged.await {
             return Event::Aborted(e.to_string());
         }
         self.live = Some(Live {
@@ -532,14 +533,14 @@ impl<'a> Run<'a> {
     }
 
     /// The switch, then the old release starts retiring.
-    fn switch(&mut self, slots: &mut Slots) -> Result<Event, DeployError> {
+    async fn switch(&mut self, slots: &mut Slots) -> Result<Event, DeployError> {
         let name = &self.svc.cfg.name;
         let Some(live) = self.live.take() else {
             return Ok(Event::Aborted("no candidate to switch to".into()));
         };
         let keep = self.svc.cfg.switch.keep_previous;
         let started = Instant::now();
-        let switched = self.shared.traffic.switch(name, live.pool.clone());
+        let switched = self.shared.traffic.switch(name, live.pool.clone()).await;
         self.svc.switches.add(started.elapsed());
         if let Err(e) = switched {
             self.shared
@@ -566,7 +567,7 @@ impl<'a> Run<'a> {
 
     /// Gives the candidate `weight` of the traffic; the first time, opens
     /// the rollout (its deadline recorded) and the way for commands to reach it.
-    fn set_weight(&mut self, weight: Weight, slots: &Slots) -> Result<(), DeployError> {
+    async fn set_weight(&mut self, weight: Weight, slots: &Slots) -> Result<(), DeployError> {
         if self.rollout.is_none() {
             let (Some(candidate), Some(live)) = (&self.live, &slots.active) else {
                 return Ok(());
@@ -592,7 +593,7 @@ impl<'a> Run<'a> {
             ));
         }
         if let Some(rollout) = &mut self.rollout {
-            rollout.set_weight(self.shared, weight);
+            rollout.set_weight(self.shared, weight).await;
         }
         Ok(())
     }
@@ -672,7 +673,9 @@ impl<'a> Run<'a> {
         self.live = None;
         retire::stop_instances(self.shared, self.svc, &self.instances).await;
         let name = &self.svc.cfg.name;
-        self.shared.traffic.unstage(name, self.color);
+        if let Err(e) = self.shared.traffic.unstage(name, self.color).await {
+            tracing::warn!(service = %name, error = %e, "could not forget the candidate's route");
+        }
         self.shared.store.remove_release(name, self.color)?;
         self.shared
             .store

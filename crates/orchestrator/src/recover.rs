@@ -92,7 +92,9 @@ pub(crate) async fn service(
             }
             Role::Active => {
                 let live = adopt(shared, svc, release).await?;
-                shared.traffic.switch(name, live.pool.clone()).ok();
+                if let Err(e) = shared.traffic.switch(name, live.pool.clone()).await {
+                    tracing::error!(service = %name, error = %e, "cannot route to the adopted release");
+                }
                 slots.active = Some(live);
             }
             Role::Previous if all_alive(shared, &release.instances) => {

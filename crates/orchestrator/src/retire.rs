@@ -54,7 +54,7 @@ async fn run(
 ) -> Option<Live> {
     let name = &svc.cfg.name;
     let drained = tokio::select! {
-        report = shared.traffic.drain(&old.pool, svc.cfg.switch.drain_timeout) => report,
+        report = shared.traffic.drain(name, &old.pool, svc.cfg.switch.drain_timeout) => report,
         _ = revive.cancelled() => return Some(old),
     };
     svc.drains.add(drained.elapsed);
@@ -75,7 +75,9 @@ async fn run(
 
     svc.view().previous = Some((old.pool.clone(), PreviousState::Stopping));
     stop(&shared, &svc, &old).await;
-    shared.traffic.unstage(name, old.color);
+    if let Err(e) = shared.traffic.unstage(name, old.color).await {
+        tracing::warn!(service = %name, error = %e, "could not forget the retired release's route");
+    }
     if let Err(e) = shared.store.remove_release(name, old.color) {
         tracing::error!(service = %name, error = %e, "could not record the retirement");
     }

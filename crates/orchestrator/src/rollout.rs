@@ -110,7 +110,7 @@ impl Rollout {
     }
 
     /// Sets the candidate's share of the traffic.
-    pub(crate) fn set_weight(&mut self, shared: &Shared, weight: Weight) {
+    pub(crate) async fn set_weight(&mut self, shared: &Shared, weight: Weight) {
         let canary = match &self.canary {
             Some(c) => c.with_weight(weight),
             None => Canary::new(
@@ -121,7 +121,7 @@ impl Rollout {
                 self.deploy as u64,
             ),
         };
-        if let Err(e) = shared.traffic.split(&self.service, canary.clone()) {
+        if let Err(e) = shared.traffic.split(&self.service, canary.clone()).await {
             tracing::error!(service = %self.service, error = %e, "cannot set the canary's weight");
         }
         self.canary = Some(canary);
@@ -234,8 +234,15 @@ impl Rollout {
     ) -> Option<Duration> {
         self.status.weight = Weight::ZERO;
         self.canary = None;
-        let pool = shared.traffic.withdraw(&self.service, color)?;
-        Some(shared.traffic.drain(&pool, drain).await.elapsed)
+        let pool = match shared.traffic.withdraw(&self.service, color).await {
+            Ok(pool) => pool?,
+            Err(e) => {
+                tracing::error!(service = %self.service, error = %e, "cannot take the canary's share back");
+                return None;
+            }
+        };
+        let report = shared.traffic.drain(&self.service, &pool, drain).await;
+        Some(report.elapsed)
     }
 
     /// Mirrors the state machine's view of the rollout into the status.

@@ -58,35 +58,42 @@ impl Traffic for Builtin {
         Ok(Preview::new(route.url(), route))
     }
 
-    fn switch(&self, service: &str, to: Arc<Pool>) -> Result<Option<Arc<Pool>>, TrafficError> {
+    async fn switch(
+        &self,
+        service: &str,
+        to: Arc<Pool>,
+    ) -> Result<Option<Arc<Pool>>, TrafficError> {
         Ok(self.service(service)?.switch(to))
     }
 
-    fn stage(&self, service: &str, pool: Arc<Pool>) -> Result<(), TrafficError> {
+    async fn stage(&self, service: &str, pool: Arc<Pool>) -> Result<(), TrafficError> {
         self.service(service)?.stage(pool);
         Ok(())
     }
 
-    fn split(&self, service: &str, canary: Canary) -> Result<(), TrafficError> {
+    async fn split(&self, service: &str, canary: Canary) -> Result<(), TrafficError> {
         self.service(service)?.split(canary);
         Ok(())
     }
 
-    fn withdraw(&self, service: &str, color: Color) -> Option<Arc<Pool>> {
-        self.services.get(service)?.withdraw(color)
+    async fn withdraw(
+        &self,
+        service: &str,
+        color: Color,
+    ) -> Result<Option<Arc<Pool>>, TrafficError> {
+        Ok(self.service(service)?.withdraw(color))
     }
 
-    fn unstage(&self, service: &str, color: Color) {
-        if let Some(s) = self.services.get(service) {
-            s.unstage(color);
-        }
+    async fn unstage(&self, service: &str, color: Color) -> Result<(), TrafficError> {
+        self.service(service)?.unstage(color);
+        Ok(())
     }
 
     fn canary(&self, service: &str) -> Option<Canary> {
         self.services.get(service)?.canary()
     }
 
-    async fn drain(&self, pool: &Pool, timeout: Duration) -> DrainReport {
+    async fn drain(&self, _service: &str, pool: &Pool, timeout: Duration) -> DrainReport {
         baton_proxy::drain(pool, timeout).await
     }
 

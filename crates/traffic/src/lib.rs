@@ -49,26 +49,32 @@ pub trait Traffic: Send + Sync {
 
     /// The switch: all of the service's new requests go to `to` from now on
     /// (a canary's promotion too). Returns the pool that was live, for draining.
-    fn switch(&self, service: &str, to: Arc<Pool>) -> Result<Option<Arc<Pool>>, TrafficError>;
+    async fn switch(&self, service: &str, to: Arc<Pool>)
+        -> Result<Option<Arc<Pool>>, TrafficError>;
 
     /// Makes a pool reachable by its color alone (`X-Baton-Color`), before
     /// it takes any share of the traffic.
-    fn stage(&self, service: &str, pool: Arc<Pool>) -> Result<(), TrafficError>;
+    async fn stage(&self, service: &str, pool: Arc<Pool>) -> Result<(), TrafficError>;
 
     /// Gives a candidate its share of the traffic, or a new share.
-    fn split(&self, service: &str, canary: Canary) -> Result<(), TrafficError>;
+    async fn split(&self, service: &str, canary: Canary) -> Result<(), TrafficError>;
 
     /// Takes a candidate's share back at once; returns its pool, for draining.
-    fn withdraw(&self, service: &str, color: Color) -> Option<Arc<Pool>>;
+    async fn withdraw(
+        &self,
+        service: &str,
+        color: Color,
+    ) -> Result<Option<Arc<Pool>>, TrafficError>;
 
     /// Forgets a color whose instances are stopped.
-    fn unstage(&self, service: &str, color: Color);
+    async fn unstage(&self, service: &str, color: Color) -> Result<(), TrafficError>;
 
     /// The rollout under way.
     fn canary(&self, service: &str) -> Option<Canary>;
 
-    /// Waits for the requests and connections still using `pool` to finish.
-    async fn drain(&self, pool: &Pool, timeout: Duration) -> DrainReport;
+    /// Waits for the requests and connections still using `pool`, one of
+    /// `service`'s, to finish.
+    async fn drain(&self, service: &str, pool: &Pool, timeout: Duration) -> DrainReport;
 
     /// The pool taking the service's traffic now.
     fn live(&self, service: &str) -> Option<Arc<Pool>>;
