@@ -15,7 +15,7 @@ use baton_orchestrator::Orchestrator;
 use baton_proxy::{Proxy, Timeouts};
 use baton_runtime::{DockerRuntime, Fleet, ProcessRuntime, RemoteRuntime, Runtimes};
 use baton_store::Store;
-use baton_traffic::Builtin;
+use baton_traffic::{Backends, Builtin};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
@@ -53,7 +53,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<u8> {
     };
     let proxy =
         Arc::new(Proxy::new(timeouts, config.proxy.workers).context("starting proxy workers")?);
-    let traffic = Arc::new(Builtin::new(proxy.clone(), &config));
+    let traffic = Arc::new(Backends::new(Builtin::new(proxy.clone(), &config), &config));
     // Connections to remote hosts are made when first needed.
     let fleet = Arc::new(Fleet::new(
         &config.hosts,

@@ -9,6 +9,7 @@ mod duration;
 mod fleet;
 mod raw;
 mod template;
+mod traffic;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -19,6 +20,7 @@ use baton_core::{Inconclusive, Pause, Plan, Step, Sticky, Weight};
 
 pub use fleet::{Deliver, HostConfig};
 pub use template::{Template, Vars, INSTANCE_VARS, SMOKE_VARS};
+pub use traffic::{HaproxyConfig, TrafficConfig};
 
 /// A configuration that failed to load; its `Display` is the one line a user sees.
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +123,8 @@ pub struct ServiceConfig {
     /// each host into `releases/{version}`, where the service then runs.
     pub artifact: Option<Template>,
     pub deliver: Deliver,
+    /// Who moves the service's traffic.
+    pub traffic: TrafficConfig,
 }
 
 /// How a deploy moves traffic to the candidate (`strategy`).

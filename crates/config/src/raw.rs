@@ -144,6 +144,11 @@ struct Service {
     artifact: Option<String>,
     #[serde(default)]
     deliver: Option<String>,
+    /// Who moves the traffic: "builtin" (the default) or "haproxy".
+    #[serde(default)]
+    traffic: Option<String>,
+    #[serde(default)]
+    haproxy: Option<crate::traffic::Haproxy>,
 }
 
 #[derive(Deserialize)]
@@ -482,6 +487,8 @@ impl Service {
                 return Err(at.err(key(k), "must be at least 1"));
             }
         }
+        let traffic =
+            crate::traffic::traffic(at, name, self.traffic.as_deref(), self.haproxy, base)?;
         let canary = match self.canary {
             Some(c) => c.validate(at, &key("canary"))?,
             None => CanaryConfig::default(),
@@ -516,6 +523,7 @@ impl Service {
             on: placement.on,
             artifact: placement.artifact,
             deliver: placement.deliver,
+            traffic,
         })
     }
 }

@@ -6,7 +6,9 @@
 //! Health is not a backend's business: pools are always health-checked by
 //! baton's own checker, which gates every switch whatever the backend.
 
+mod backends;
 mod builtin;
+mod haproxy;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +17,9 @@ use async_trait::async_trait;
 use baton_core::Color;
 use baton_proxy::{Canary, DrainReport, Pool};
 
+pub use backends::Backends;
 pub use builtin::Builtin;
+pub use haproxy::HaproxyBackend;
 
 /// A backend could not do what was asked; traffic did not move.
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +28,9 @@ pub enum TrafficError {
     UnknownService(String),
     #[error("preview route: {0}")]
     Preview(std::io::Error),
+    /// HAProxy refused, or could not be reached; its own words.
+    #[error("haproxy: {0}")]
+    Haproxy(String),
 }
 
 /// A route that reaches only a candidate, for smoke tests; closed when dropped.

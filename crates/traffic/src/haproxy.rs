@@ -1,0 +1,417 @@
+//! An HAProxy the user runs, driven through its runtime API (the admin
+//! socket), never by rewriting its config and reloading: a reload is what
+//! loses requests. baton owns one backend per service and names its servers
+//! `baton-<color>-<index>`:
+//!
+//! - stage: each target is added as a server with weight 0 (no traffic);
+//! - split: the candidate's and the live release's servers get weights in
+//!   the canary's proportion;
+//! - switch: the new release's servers get full weight, the old ones go to
+//!   `drain` (their users finish, new ones go elsewhere);
+//! - drain: waits until HAProxy reports no session on the old servers;
+//! - unstage: the old servers go to `maint` and are deleted.
+//!
+//! Every step is read back with `show servers state` before it counts as
+//! done. Health stays baton's: servers are added without HAProxy checks, so
+//! that baton's checker alone decides, as it does with its own proxy.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use baton_config::HaproxyConfig;
+use baton_core::{Color, Weight};
+use baton_proxy::{DrainReport, Pool};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+use crate::TrafficError;
+
+/// Longest HAProxy may take to answer one command.
+const ANSWER: Duration = Duration::from_secs(5);
+/// How often sessions are counted while a drain waits.
+const DRAIN_POLL: Duration = Duration::from_millis(100);
+/// HAProxy's highest server weight: what a server taking all its share gets.
+const FULL: u32 = 256;
+/// What baton's servers are called; any other server in the backend is
+/// someone else's, and baton refuses to act beside it.
+const PREFIX: &str = "baton-";
+
+/// One service's backend in an HAProxy.
+#[derive(Debug, Clone)]
+pub struct HaproxyBackend {
+    socket: PathBuf,
+    backend: String,
+    state_file: Option<PathBuf>,
+}
+
+/// A server as `show servers state` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Server {
+    name: String,
+    addr: String,
+    port: String,
+    /// Flags: 0x01 maint (forced), 0x08 drain (forced), and others.
+    admin_state: u32,
+    weight: u32,
+}
+
+impl Server {
+    fn draining(&self) -> bool {
+        self.admin_state & 0x08 != 0
+    }
+    fn in_maint(&self) -> bool {
+        self.admin_state & 0x01 != 0
+    }
+}
+
+impl HaproxyBackend {
+    pub fn new(cfg: &HaproxyConfig) -> Self {
+        Self {
+            socket: cfg.socket.clone(),
+            backend: cfg.backend.clone(),
+            state_file: cfg.state_file.clone(),
+        }
+    }
+
+    /// Adds (or updates) `pool`'s servers with weight 0, after checking that
+    /// the backend exists and holds no server baton does not manage.
+    pub(crate) async fn stage(&self, pool: &Pool) -> Result<(), TrafficError> {
+        let servers = self.servers().await?;
+        let foreign: Vec<&str> = servers
+            .iter()
+            .map(|s| s.name.as_str())
+            .filter(|n| !n.starts_with(PREFIX))
+            .collect();
+        if !foreign.is_empty() {
+            return Err(self.error(format!(
+                "backend {} has servers baton does not manage ({}); give baton a backend of its own",
+                self.backend,
+                foreign.join(", ")
+            )));
+        }
+        self.ensure(pool, &servers, 0).await?;
+        self.verify(pool, |s| s.weight == 0 && !s.in_maint())
+            .await?;
+        self.save_state().await
+    }
+
+    /// The switch: `to` takes everything, `from` drains.
+    pub(crate) async fn switch(&self, to: &Pool, from: Option<&Pool>) -> Result<(), TrafficError> {
+        let servers = self.servers().await?;
+        // After a restart or a reload of HAProxy, the servers may be gone.
+        self.ensure(to, &servers, FULL).await?;
+        if let Some(from) = from.filter(|f| f.color != to.color) {
+            self.set_state(from, "drain").await?;
+        }
+        self.verify(to, |s| s.weight == FULL && !s.draining() && !s.in_maint())
+            .await?;
+        self.save_state().await
+    }
+
+    /// The canary's proportion: `weight` of the requests to `candidate`,
+    /// the rest to `live`.
+    pub(crate) async fn split(
+        &self,
+        candidate: &Pool,
+        live: &Pool,
+        weight: Weight,
+    ) -> Result<(), TrafficError> {
+        let (c, l) = weights(weight, candidate.targets().len(), live.targets().len());
+        self.set_weight(candidate, c).await?;
+        self.set_weight(live, l).await?;
+        self.verify(candidate, |s| s.weight == c).await?;
+        self.verify(live, |s| s.weight == l).await?;
+        self.save_state().await
+    }
+
+    /// Takes the candidate's share back: its servers drain.
+    pub(crate) async fn withdraw(
+        &self,
+        pool: &Pool,
+        live: Option<&Pool>,
+    ) -> Result<(), TrafficError> {
+        self.set_state(pool, "drain").await?;
+        if let Some(live) = live {
+            self.set_weight(live, FULL).await?;
+        }
+        self.verify(pool, Server::draining).await?;
+        self.save_state().await
+    }
+
+    /// Removes `color`'s servers (in `maint` first, as HAProxy requires).
+    pub(crate) async fn unstage(&self, color: Color) -> Result<(), TrafficError> {
+        let prefix = server_prefix(color);
+        for server in self.servers().await? {
+            if !server.name.starts_with(&prefix) {
+                continue;
+            }
+            let name = format!("{}/{}", self.backend, server.name);
+            self.command(&format!("set server {name} state maint"))
+                .await?;
+            let answer = self.command(&format!("del server {name}")).await?;
+            if !answer.contains("Server deleted") {
+                return Err(self.error(format!("del server {name}: {}", answer.trim())));
+            }
+        }
+        self.save_state().await
+    }
+
+    /// Waits until HAProxy reports no session on `pool`'s servers.
+    pub(crate) async fn drain(&self, pool: &Pool, timeout: Duration) -> DrainReport {
+        let started = Instant::now();
+        let names: Vec<String> = (0..pool.targets().len())
+            .map(|i| server_name(pool.color, i))
+            .collect();
+        loop {
+            let open = match self.sessions(&names).await {
+                Ok(open) => open,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot count sessions while draining");
+                    usize::MAX
+                }
+            };
+            if open == 0 {
+                return report(false, 0, started);
+            }
+            if started.elapsed() >= timeout {
+                return report(true, open.min(u32::MAX as usize), started);
+            }
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
+    }
+
+    /// Adds the pool's servers that are missing, points the others at the
+    /// pool's targets, and gives them all `weight`, ready for traffic.
+    async fn ensure(
+        &self,
+        pool: &Pool,
+        servers: &[Server],
+        weight: u32,
+    ) -> Result<(), TrafficError> {
+        for (i, target) in pool.targets().iter().enumerate() {
+            let name = server_name(pool.color, i);
+            let full = format!("{}/{name}", self.backend);
+            let addr = target.addr();
+            match servers.iter().find(|s| s.name == name) {
+                None => {
+                    let answer = self
+                        .command(&format!("add server {full} {addr} weight {weight}"))
+                        .await?;
+                    if !answer.contains("New server registered") {
+                        return Err(self.error(format!("add server {full}: {}", answer.trim())));
+                    }
+                }
+                Some(_) => {
+                    self.command(&format!(
+                        "set server {full} addr {} port {}",
+                        addr.ip(),
+                        addr.port()
+                    ))
+                    .await?;
+                    self.command(&format!("set server {full} weight {weight}"))
+                        .await?;
+                }
+            }
+            self.command(&format!("set server {full} state ready"))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn set_weight(&self, pool: &Pool, weight: u32) -> Result<(), TrafficError> {
+        for i in 0..pool.targets().len() {
+            let name = format!("{}/{}", self.backend, server_name(pool.color, i));
+            self.command(&format!("set server {name} weight {weight}"))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn set_state(&self, pool: &Pool, state: &str) -> Result<(), TrafficError> {
+        for i in 0..pool.targets().len() {
+            let name = format!("{}/{}", self.backend, server_name(pool.color, i));
+            self.command(&format!("set server {name} state {state}"))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Reads the servers back: each of `pool`'s must exist and satisfy `ok`.
+    async fn verify(&self, pool: &Pool, ok: impl Fn(&Server) -> bool) -> Result<(), TrafficError> {
+        let servers = self.servers().await?;
+        for (i, target) in pool.targets().iter().enumerate() {
+            let name = server_name(pool.color, i);
+            let found = servers.iter().find(|s| s.name == name);
+            let right = found.is_some_and(|s| {
+                s.addr == target.addr().ip().to_string()
+                    && s.port == target.addr().port().to_string()
+                    && ok(s)
+            });
+            if !right {
+                return Err(self.error(format!(
+                    "server {}/{name} did not take the change: {found:?}",
+                    self.backend
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The backend's servers, as HAProxy reports them.
+    async fn servers(&self) -> Result<Vec<Server>, TrafficError> {
+        let answer = self
+            .command(&format!("show servers state {}", self.backend))
+            .await?;
+        if !answer.starts_with('1') {
+            return Err(self.error(answer.trim().to_string()));
+        }
+        Ok(parse_servers(&answer))
+    }
+
+    /// The sessions open on the servers named `names`.
+    async fn sessions(&self, names: &[String]) -> Result<usize, TrafficError> {
+        let answer = self.command("show stat").await?;
+        Ok(answer
+            .lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split(',').collect();
+                let ours = fields.first() == Some(&self.backend.as_str())
+                    && names.iter().any(|n| Some(&n.as_str()) == fields.get(1));
+                // Field 4: scur, the sessions open now.
+                ours.then(|| fields.get(4)?.parse::<usize>().ok())?
+            })
+            .sum())
+    }
+
+    /// Keeps the state file in step, written whole or not at all.
+    async fn save_state(&self) -> Result<(), TrafficError> {
+        let Some(file) = &self.state_file else {
+            return Ok(());
+        };
+        let state = self
+            .command(&format!("show servers state {}", self.backend))
+            .await?;
+        write_atomically(file, &state)
+            .map_err(|e| self.error(format!("state_file {}: {e}", file.display())))
+    }
+
+    /// Sends one command to the runtime API and returns HAProxy's answer;
+    /// one HAProxy gives when it refuses (no admin level) is an error.
+    async fn command(&self, command: &str) -> Result<String, TrafficError> {
+        let exchange = async {
+            let mut stream = UnixStream::connect(&self.socket).await?;
+            stream.write_all(format!("{command}\n").as_bytes()).await?;
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).await?;
+            Ok::<_, std::io::Error>(answer)
+        };
+        let answer = tokio::time::timeout(ANSWER, exchange)
+            .await
+            .map_err(|_| self.error(format!("no answer to `{command}` within {ANSWER:?}")))?
+            .map_err(|e| self.error(format!("{}: {e}", self.socket.display())))?;
+        if answer.contains("Permission denied") {
+            return Err(self.error(format!(
+                "{}: `{command}`: Permission denied (the socket needs `level admin`)",
+                self.socket.display()
+            )));
+        }
+        Ok(answer)
+    }
+
+    fn error(&self, message: String) -> TrafficError {
+        TrafficError::Haproxy(message)
+    }
+}
+
+/// Per-server weights giving the candidate `weight` of the requests between
+/// `candidates` and `lives` servers, the larger of the two at full weight.
+fn weights(weight: Weight, candidates: usize, lives: usize) -> (u32, u32) {
+    let share = f64::from(weight.basis_points()) / 10_000.0;
+    let per_candidate = share / candidates.max(1) as f64;
+    let per_live = (1.0 - share) / lives.max(1) as f64;
+    let scale = f64::from(FULL) / per_candidate.max(per_live);
+    let round = |w: f64, share: f64| match (w * scale).round() as u32 {
+        0 if share > 0.0 => 1,
+        w => w.min(FULL),
+    };
+    (round(per_candidate, share), round(per_live, 1.0 - share))
+}
+
+fn server_prefix(color: Color) -> String {
+    format!("{PREFIX}{color}-")
+}
+
+fn server_name(color: Color, index: usize) -> String {
+    format!("{}{index}", server_prefix(color))
+}
+
+/// `show servers state` (format 1): one server per line after the header.
+fn parse_servers(answer: &str) -> Vec<Server> {
+    answer
+        .lines()
+        .skip(1)
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            Some(Server {
+                name: f.get(3)?.to_string(),
+                addr: f.get(4)?.to_string(),
+                admin_state: f.get(6)?.parse().ok()?,
+                weight: f.get(7)?.parse().ok()?,
+                port: f.get(18)?.to_string(),
+            })
+        })
+        .collect()
+}
+
+fn report(timed_out: bool, abandoned: usize, started: Instant) -> DrainReport {
+    DrainReport {
+        timed_out,
+        closed_upgraded: 0,
+        abandoned,
+        elapsed: started.elapsed(),
+    }
+}
+
+fn write_atomically(file: &Path, text: &str) -> std::io::Result<()> {
+    let tmp = file.with_extension("baton-tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, text.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(tmp, file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_give_the_canary_its_share() {
+        let w = |pct| Weight::from_percent(pct).unwrap();
+        assert_eq!(weights(w(5.0), 1, 1), (13, 256));
+        assert_eq!(weights(w(50.0), 2, 2), (256, 256));
+        // Two candidates and one live server at 50%: each candidate half.
+        assert_eq!(weights(w(50.0), 2, 1), (128, 256));
+        assert_eq!(weights(w(0.01), 1, 1), (1, 256));
+        assert_eq!(weights(Weight::FULL, 1, 1), (256, 0));
+    }
+
+    #[test]
+    fn servers_state_is_parsed() {
+        let answer = "1\n# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl srv_check_port srv_check_addr srv_agent_addr srv_agent_port\n3 web 1 baton-blue-0 127.0.0.1 2 8 256 256 0 1 0 0 0 0 0 0 - 18101 - 0 0 - - 0\n";
+        let servers = parse_servers(answer);
+        assert_eq!(
+            servers,
+            [Server {
+                name: "baton-blue-0".into(),
+                addr: "127.0.0.1".into(),
+                port: "18101".into(),
+                admin_state: 8,
+                weight: 256,
+            }]
+        );
+        assert!(servers[0].draining());
+    }
+}
