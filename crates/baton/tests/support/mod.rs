@@ -406,8 +406,13 @@ pub async fn cli_async(b: &Baton, args: &[&str]) -> String {
 /// POST: a proxy may not retry those, so a request sent to a stopped
 /// instance, or cut by one, shows up as a loss.
 pub async fn deploys_under_load(b: &Baton, service: &str, versions: &[&str]) {
+    deploys_under_load_at(b, &b.url("/"), service, versions).await
+}
+
+/// The same, with the clients sending to `url` (a load balancer in front).
+pub async fn deploys_under_load_at(b: &Baton, url: &str, service: &str, versions: &[&str]) {
     let load = |method: hyper::Method| {
-        let mut cfg = baton_loadgen::LoadConfig::new(b.url("/"));
+        let mut cfg = baton_loadgen::LoadConfig::new(url.to_string());
         cfg.connections = 32;
         cfg.request_timeout = Duration::from_secs(10);
         cfg.method = method;
@@ -421,7 +426,7 @@ pub async fn deploys_under_load(b: &Baton, service: &str, versions: &[&str]) {
         cli_async(b, &["deploy", service, version]).await;
         // From the moment deploy returns, every new request reaches the new version.
         for _ in 0..20 {
-            let (status, body) = baton_loadgen::get_once(&b.url("/"), None).await.unwrap();
+            let (status, body) = baton_loadgen::get_once(url, None).await.unwrap();
             assert_eq!(
                 (status, body.trim()),
                 (200, format!("version={version}").as_str()),
