@@ -145,6 +145,17 @@ fn print_status(s: &ServiceStatus) {
             d.id, d.kind, d.version, d.requested_by
         );
     }
+    if let Some(t) = &s.traffic {
+        let agree = match (&t.error, t.differences.is_empty()) {
+            (Some(e), _) => format!("cannot be asked: {e}"),
+            (None, true) => format!("{} server(s), as baton set them", t.servers.len()),
+            (None, false) => format!("differs: {}", t.differences.join("; ")),
+        };
+        println!("  traffic   {}: {agree}", t.backend);
+        if let Some(restored) = &t.restored {
+            println!("            last {restored}");
+        }
+    }
     for l in &s.leftovers {
         let host = l.host.as_deref().unwrap_or("this machine");
         println!(

@@ -19,6 +19,19 @@ struct Haproxy {
     socket: PathBuf,
     /// A socket at user level, for the test that baton refuses it.
     user_socket: PathBuf,
+    config: PathBuf,
+}
+
+fn spawn(config: &Path) -> Child {
+    Command::new("haproxy")
+        .arg("-db")
+        .arg("-f")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting haproxy (is Debian's haproxy installed?)")
 }
 
 impl Haproxy {
@@ -40,25 +53,30 @@ impl Haproxy {
             ),
         )
         .unwrap();
-        let child = Command::new("haproxy")
-            .arg("-db")
-            .arg("-f")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting haproxy (is Debian's haproxy installed?)");
-        let h = Self {
-            child,
+        let mut h = Self {
+            child: spawn(&config),
             port,
             socket,
             user_socket,
+            config,
         };
-        wait_until("haproxy's admin socket", Duration::from_secs(10), || {
-            h.admin("show info").contains("Name: HAProxy")
-        });
+        h.wait_ready();
         h
+    }
+
+    /// Stops it and starts it again from its config, as an operator's
+    /// restart would: what baton added at run time is gone.
+    fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn(&self.config);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        wait_until("haproxy's admin socket", Duration::from_secs(10), || {
+            self.admin("show info").contains("Name: HAProxy")
+        });
     }
 
     fn url(&self) -> String {
@@ -183,6 +201,55 @@ async fn canary_weights_reach_haproxy() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let (_, body) = baton_loadgen::get_once(&h.url(), None).await.unwrap();
     assert_eq!(body.trim(), "version=v2");
+}
+
+#[test]
+fn a_restarted_haproxy_is_put_back_as_baton_set_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = Haproxy::start(dir.path(), "");
+    let mut b = haproxy_baton(
+        &h.socket,
+        "[services.web.canary]\nsteps = [{ weight = 5, pause = \"forever\" }]\n",
+    );
+    b.start();
+    b.ok(&["deploy", "web", "v1"]);
+    let deploy = b.spawn_cli(&["deploy", "web", "v2", "--canary"]);
+    wait_until("the canary at 5%", Duration::from_secs(20), || {
+        b.status("web")["deploy"]["canary"]["weight"] == 500
+    });
+    let set = h.servers();
+    assert_eq!(set.len(), 4, "{set:?}");
+
+    // Someone restarts HAProxy mid-rollout: its servers are gone.
+    h.restart();
+    wait_until("the servers put back", Duration::from_secs(20), || {
+        h.servers() == set
+    });
+    let status = b.status("web");
+    let traffic = &status["traffic"];
+    let restored = traffic["restored"].as_str().unwrap_or_default();
+    assert!(restored.contains("baton-blue-0 is missing"), "{traffic}");
+    assert_eq!(traffic["differences"], serde_json::json!([]), "{traffic}");
+    let weights: Vec<_> = traffic["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["weight"].clone(), s["intended_weight"].clone()))
+        .collect();
+    assert!(weights.iter().all(|(w, i)| w == i), "{traffic}");
+    let human = b.ok(&["status", "web"]);
+    assert!(
+        human.contains("haproxy web") && human.contains("restored after"),
+        "{human}"
+    );
+    assert_eq!(get(&format!("http://127.0.0.1:{}/", h.port)).0, 200);
+
+    b.ok(&["abort", "web"]);
+    let out = wait_child("the deploy", deploy, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    wait_until("only v1's servers left", Duration::from_secs(20), || {
+        h.servers().iter().all(|s| s.0.starts_with("baton-blue-"))
+    });
 }
 
 /// A deploy against `h` with `socket` fails before traffic moves, with

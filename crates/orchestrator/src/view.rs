@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use baton_core::{Color, DeployKind, Phase, Weight};
 use baton_proxy::Pool;
 use baton_store::{now_ms, DeployRecord, StoreError};
+use baton_traffic::TrafficReport;
 
 use crate::rollout::RolloutStatus;
 use crate::service::ServiceState;
@@ -27,6 +28,10 @@ pub struct ServiceStatus {
     /// tried again until they are.
     #[serde(default)]
     pub leftovers: Vec<LeftoverStatus>,
+    /// What the external load balancer moving the traffic reports, beside
+    /// what baton set there; absent with baton's own proxy.
+    #[serde(default)]
+    pub traffic: Option<TrafficReport>,
 }
 
 /// An instance left running on a host that did not answer.
@@ -185,6 +190,7 @@ pub(crate) fn status(shared: &Shared, svc: &ServiceState) -> Result<ServiceStatu
                 since: l.since,
             })
             .collect(),
+        traffic: shared.traffic.report(name),
     })
 }
 

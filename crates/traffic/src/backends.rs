@@ -18,24 +18,31 @@ use baton_core::Color;
 use baton_proxy::{Canary, DrainReport, Pool};
 
 use crate::haproxy::HaproxyBackend;
-use crate::{Builtin, Preview, Traffic, TrafficError};
+use crate::{Builtin, Preview, Traffic, TrafficError, TrafficReport};
 
 /// Every service's traffic backend.
 pub struct Backends {
     builtin: Builtin,
-    haproxy: HashMap<String, HaproxyBackend>,
+    haproxy: HashMap<String, Arc<HaproxyBackend>>,
 }
 
 impl Backends {
+    /// Must run inside a tokio runtime: each HAProxy backend is watched
+    /// from a task of its own.
     pub fn new(builtin: Builtin, config: &Config) -> Self {
-        let haproxy = config
+        let haproxy: HashMap<String, Arc<HaproxyBackend>> = config
             .services
             .values()
             .filter_map(|s| match &s.traffic {
-                TrafficConfig::Haproxy(h) => Some((s.name.clone(), HaproxyBackend::new(h))),
+                TrafficConfig::Haproxy(h) => {
+                    Some((s.name.clone(), Arc::new(HaproxyBackend::new(h))))
+                }
                 TrafficConfig::Builtin => None,
             })
             .collect();
+        for backend in haproxy.values() {
+            tokio::spawn(backend.clone().watch());
+        }
         Self { builtin, haproxy }
     }
 }
@@ -115,5 +122,9 @@ impl Traffic for Backends {
 
     fn live(&self, service: &str) -> Option<Arc<Pool>> {
         self.builtin.live(service)
+    }
+
+    fn report(&self, service: &str) -> Option<TrafficReport> {
+        self.haproxy.get(service).map(|h| h.report())
     }
 }

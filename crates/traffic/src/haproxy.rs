@@ -14,8 +14,16 @@
 //! Every step is read back with `show servers state` before it counts as
 //! done. Health stays baton's: servers are added without HAProxy checks, so
 //! that baton's checker alone decides, as it does with its own proxy.
+//!
+//! HAProxy forgets servers added at run time when it restarts or reloads,
+//! and someone may change them by hand: a watcher compares, every second,
+//! what HAProxy reports with what baton set, puts back any difference and
+//! says so (in the log, and in `status`).
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use baton_config::HaproxyConfig;
@@ -24,7 +32,7 @@ use baton_proxy::{DrainReport, Pool};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-use crate::TrafficError;
+use crate::{ServerReport, TrafficError, TrafficReport};
 
 /// Longest HAProxy may take to answer one command.
 const ANSWER: Duration = Duration::from_secs(5);
@@ -36,12 +44,30 @@ const FULL: u32 = 256;
 /// someone else's, and baton refuses to act beside it.
 const PREFIX: &str = "baton-";
 
+/// How often HAProxy's servers are compared with what baton set.
+const WATCH: Duration = Duration::from_secs(1);
+
 /// One service's backend in an HAProxy.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct HaproxyBackend {
     socket: PathBuf,
     backend: String,
     state_file: Option<PathBuf>,
+    /// One change at a time, the watcher's repairs included, so that a
+    /// repair never undoes a step half made.
+    changing: tokio::sync::Mutex<()>,
+    /// What baton set, server by server.
+    intended: Mutex<BTreeMap<String, Want>>,
+    /// What HAProxy reported last, for `status`.
+    observed: Mutex<TrafficReport>,
+}
+
+/// What baton set on one server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Want {
+    addr: SocketAddr,
+    weight: u32,
+    drain: bool,
 }
 
 /// A server as `show servers state` lists it.
@@ -62,6 +88,52 @@ impl Server {
     fn in_maint(&self) -> bool {
         self.admin_state & 0x01 != 0
     }
+    fn state_name(&self) -> &'static str {
+        match (self.in_maint(), self.draining()) {
+            (true, _) => "maint",
+            (false, true) => "drain",
+            (false, false) => "ready",
+        }
+    }
+}
+
+/// How HAProxy's servers differ from what baton set, one line each.
+fn differences(intended: &BTreeMap<String, Want>, servers: &[Server]) -> Vec<String> {
+    intended
+        .iter()
+        .filter_map(|(name, want)| {
+            let Some(s) = servers.iter().find(|s| &s.name == name) else {
+                return Some(format!("{name} is missing"));
+            };
+            let (ip, port) = (want.addr.ip().to_string(), want.addr.port().to_string());
+            if s.addr != ip || s.port != port {
+                return Some(format!(
+                    "{name} points at {}:{}, not {}",
+                    s.addr, s.port, want.addr
+                ));
+            }
+            if s.weight != want.weight {
+                return Some(format!(
+                    "{name} has weight {}, not {}",
+                    s.weight, want.weight
+                ));
+            }
+            let state = if want.drain { "drain" } else { "ready" };
+            (s.state_name() != state)
+                .then(|| format!("{name} is in {}, not {state}", s.state_name()))
+        })
+        .collect()
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 impl HaproxyBackend {
@@ -70,12 +142,126 @@ impl HaproxyBackend {
             socket: cfg.socket.clone(),
             backend: cfg.backend.clone(),
             state_file: cfg.state_file.clone(),
+            changing: tokio::sync::Mutex::new(()),
+            intended: Mutex::default(),
+            observed: Mutex::new(TrafficReport {
+                backend: format!("haproxy {}", cfg.backend),
+                ..TrafficReport::default()
+            }),
+        }
+    }
+
+    /// What HAProxy reported last, beside what baton set.
+    pub(crate) fn report(&self) -> TrafficReport {
+        lock(&self.observed).clone()
+    }
+
+    /// Compares HAProxy's servers with what baton set, every [`WATCH`], and
+    /// puts back what differs; for as long as baton runs.
+    pub(crate) async fn watch(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(WATCH).await;
+            self.check().await;
+        }
+    }
+
+    async fn check(&self) {
+        let _one = self.changing.lock().await;
+        let mut servers = match self.servers().await {
+            Ok(servers) => servers,
+            Err(e) => {
+                lock(&self.observed).error = Some(e.to_string());
+                return;
+            }
+        };
+        let intended = lock(&self.intended).clone();
+        let found = differences(&intended, &servers);
+        if !found.is_empty() {
+            let said = found.join("; ");
+            tracing::warn!(backend = %self.backend, "haproxy differs from what baton set ({said}): restoring it");
+            let restored = match self.restore(&intended, &servers).await {
+                Ok(()) => format!("restored after: {said}"),
+                Err(e) => format!("could not restore after: {said}: {e}"),
+            };
+            {
+                let mut observed = lock(&self.observed);
+                observed.restored = Some(restored);
+                observed.restored_at = Some(now_ms());
+            }
+            if let Ok(again) = self.servers().await {
+                servers = again;
+            }
+        }
+        let mut observed = lock(&self.observed);
+        observed.error = None;
+        observed.differences = differences(&intended, &servers);
+        observed.servers = servers
+            .iter()
+            .map(|s| ServerReport {
+                name: s.name.clone(),
+                addr: format!("{}:{}", s.addr, s.port),
+                weight: s.weight,
+                state: s.state_name().to_string(),
+                intended_weight: intended.get(&s.name).map(|w| w.weight),
+            })
+            .collect();
+    }
+
+    /// Puts every server back as baton set it.
+    async fn restore(
+        &self,
+        intended: &BTreeMap<String, Want>,
+        servers: &[Server],
+    ) -> Result<(), TrafficError> {
+        for (name, want) in intended {
+            let exists = servers.iter().any(|s| &s.name == name);
+            self.put(name, want, exists).await?;
+        }
+        self.save_state().await
+    }
+
+    /// Sets one server as `want` says, adding it unless it `exists`.
+    async fn put(&self, name: &str, want: &Want, exists: bool) -> Result<(), TrafficError> {
+        let full = format!("{}/{name}", self.backend);
+        let (addr, weight) = (want.addr, want.weight);
+        if exists {
+            let (ip, port) = (addr.ip(), addr.port());
+            self.command(&format!("set server {full} addr {ip} port {port}"))
+                .await?;
+            self.command(&format!("set server {full} weight {weight}"))
+                .await?;
+        } else {
+            let answer = self
+                .command(&format!("add server {full} {addr} weight {weight}"))
+                .await?;
+            if !answer.contains("New server registered") {
+                return Err(self.error(format!("add server {full}: {}", answer.trim())));
+            }
+        }
+        let state = if want.drain { "drain" } else { "ready" };
+        self.command(&format!("set server {full} state {state}"))
+            .await
+            .map(|_| ())
+    }
+
+    /// Records what baton sets on `pool`'s servers.
+    fn intend(&self, pool: &Pool, change: impl Fn(&mut Want)) {
+        let mut intended = lock(&self.intended);
+        for (i, target) in pool.targets().iter().enumerate() {
+            let want = intended.entry(server_name(pool.color, i)).or_insert(Want {
+                addr: target.addr(),
+                weight: 0,
+                drain: false,
+            });
+            want.addr = target.addr();
+            change(want);
         }
     }
 
     /// Adds (or updates) `pool`'s servers with weight 0, after checking that
     /// the backend exists and holds no server baton does not manage.
     pub(crate) async fn stage(&self, pool: &Pool) -> Result<(), TrafficError> {
+        let _one = self.changing.lock().await;
         let servers = self.servers().await?;
         let foreign: Vec<&str> = servers
             .iter()
@@ -97,6 +283,7 @@ impl HaproxyBackend {
 
     /// The switch: `to` takes everything, `from` drains.
     pub(crate) async fn switch(&self, to: &Pool, from: Option<&Pool>) -> Result<(), TrafficError> {
+        let _one = self.changing.lock().await;
         let servers = self.servers().await?;
         // After a restart or a reload of HAProxy, the servers may be gone.
         self.ensure(to, &servers, FULL).await?;
@@ -116,6 +303,7 @@ impl HaproxyBackend {
         live: &Pool,
         weight: Weight,
     ) -> Result<(), TrafficError> {
+        let _one = self.changing.lock().await;
         let (c, l) = weights(weight, candidate.targets().len(), live.targets().len());
         self.set_weight(candidate, c).await?;
         self.set_weight(live, l).await?;
@@ -130,6 +318,7 @@ impl HaproxyBackend {
         pool: &Pool,
         live: Option<&Pool>,
     ) -> Result<(), TrafficError> {
+        let _one = self.changing.lock().await;
         self.set_state(pool, "drain").await?;
         if let Some(live) = live {
             self.set_weight(live, FULL).await?;
@@ -140,7 +329,9 @@ impl HaproxyBackend {
 
     /// Removes `color`'s servers (in `maint` first, as HAProxy requires).
     pub(crate) async fn unstage(&self, color: Color) -> Result<(), TrafficError> {
+        let _one = self.changing.lock().await;
         let prefix = server_prefix(color);
+        lock(&self.intended).retain(|name, _| !name.starts_with(&prefix));
         for server in self.servers().await? {
             if !server.name.starts_with(&prefix) {
                 continue;
@@ -188,37 +379,23 @@ impl HaproxyBackend {
         servers: &[Server],
         weight: u32,
     ) -> Result<(), TrafficError> {
-        for (i, target) in pool.targets().iter().enumerate() {
+        self.intend(pool, |w| {
+            w.weight = weight;
+            w.drain = false;
+        });
+        let intended = lock(&self.intended).clone();
+        for i in 0..pool.targets().len() {
             let name = server_name(pool.color, i);
-            let full = format!("{}/{name}", self.backend);
-            let addr = target.addr();
-            match servers.iter().find(|s| s.name == name) {
-                None => {
-                    let answer = self
-                        .command(&format!("add server {full} {addr} weight {weight}"))
-                        .await?;
-                    if !answer.contains("New server registered") {
-                        return Err(self.error(format!("add server {full}: {}", answer.trim())));
-                    }
-                }
-                Some(_) => {
-                    self.command(&format!(
-                        "set server {full} addr {} port {}",
-                        addr.ip(),
-                        addr.port()
-                    ))
-                    .await?;
-                    self.command(&format!("set server {full} weight {weight}"))
-                        .await?;
-                }
+            if let Some(want) = intended.get(&name) {
+                let exists = servers.iter().any(|s| s.name == name);
+                self.put(&name, want, exists).await?;
             }
-            self.command(&format!("set server {full} state ready"))
-                .await?;
         }
         Ok(())
     }
 
     async fn set_weight(&self, pool: &Pool, weight: u32) -> Result<(), TrafficError> {
+        self.intend(pool, |w| w.weight = weight);
         for i in 0..pool.targets().len() {
             let name = format!("{}/{}", self.backend, server_name(pool.color, i));
             self.command(&format!("set server {name} weight {weight}"))
@@ -228,6 +405,7 @@ impl HaproxyBackend {
     }
 
     async fn set_state(&self, pool: &Pool, state: &str) -> Result<(), TrafficError> {
+        self.intend(pool, |w| w.drain = state == "drain");
         for i in 0..pool.targets().len() {
             let name = format!("{}/{}", self.backend, server_name(pool.color, i));
             self.command(&format!("set server {name} state {state}"))

@@ -33,6 +33,35 @@ pub enum TrafficError {
     Haproxy(String),
 }
 
+/// What an external load balancer reports about a service's backend,
+/// beside what baton set there (`status --json`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TrafficReport {
+    /// Which load balancer and backend: `haproxy web`.
+    pub backend: String,
+    /// Its servers as it reported them last.
+    pub servers: Vec<ServerReport>,
+    /// Where they differ from what baton set (empty: they agree).
+    pub differences: Vec<String>,
+    /// The last time baton put back what it had set, and why.
+    pub restored: Option<String>,
+    pub restored_at: Option<i64>,
+    /// Why the load balancer could not be asked, if it could not.
+    pub error: Option<String>,
+}
+
+/// One server of an external load balancer.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ServerReport {
+    pub name: String,
+    pub addr: String,
+    pub weight: u32,
+    /// `ready`, `drain` or `maint`.
+    pub state: String,
+    /// The weight baton set; `None` for a server baton did not set.
+    pub intended_weight: Option<u32>,
+}
+
 /// A route that reaches only a candidate, for smoke tests; closed when dropped.
 pub struct Preview {
     pub url: String,
@@ -85,4 +114,10 @@ pub trait Traffic: Send + Sync {
 
     /// The pool taking the service's traffic now.
     fn live(&self, service: &str) -> Option<Arc<Pool>>;
+
+    /// What an external load balancer reports about the service, if one
+    /// moves its traffic.
+    fn report(&self, _service: &str) -> Option<TrafficReport> {
+        None
+    }
 }
