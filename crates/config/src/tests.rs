@@ -871,3 +871,35 @@ fn fleet_mistakes_name_the_key() {
     let e = error("[hosts.\"app 1\"]\naddress = \"10.0.0.2\"\n");
     assert!(e.contains("hosts.app 1: host names may use only"), "{e}");
 }
+
+#[test]
+fn haproxy_traffic_parses_and_its_mistakes_name_the_key() {
+    let haproxy = web("traffic = \"haproxy\"\n[services.web.haproxy]\nsocket = \"run/admin.sock\"\nbackend = \"web\"\n").unwrap();
+    assert_eq!(
+        haproxy.traffic,
+        TrafficConfig::Haproxy(HaproxyConfig {
+            socket: "/etc/app/run/admin.sock".into(),
+            backend: "web".into(),
+            state_file: None,
+        })
+    );
+    assert_eq!(web("").unwrap().traffic, TrafficConfig::Builtin);
+    let e = web_error("traffic = \"haproxy\"");
+    assert!(e.contains("services.web.haproxy: is required"), "{e}");
+    let e = web_error("[services.web.haproxy]\nsocket = \"s\"\nbackend = \"web\"");
+    assert!(
+        e.contains("services.web.haproxy: is only for traffic = \"haproxy\""),
+        "{e}"
+    );
+    let e = web_error("traffic = \"nginx\"");
+    assert!(
+        e.contains("services.web.traffic: \"nginx\" is not available yet"),
+        "{e}"
+    );
+    let e = web_error("traffic = \"envoy\"");
+    assert!(e.contains("unknown traffic backend \"envoy\""), "{e}");
+    let e = web_error(
+        "traffic = \"haproxy\"\n[services.web.haproxy]\nsocket = \"s\"\nbackend = \"we b\"",
+    );
+    assert!(e.contains("services.web.haproxy.backend"), "{e}");
+}
