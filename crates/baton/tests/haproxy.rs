@@ -162,10 +162,9 @@ async fn deploys_through_haproxy_lose_nothing() {
     assert!(state.contains(&format!("baton-{live_color}-0")), "{state}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn canary_weights_reach_haproxy() {
-    let dir = tempfile::tempdir().unwrap();
-    let h = Haproxy::start(dir.path(), "");
+/// A baton behind `h` with v1 live and v2's canary rollout held at 5%;
+/// the deploy command, still running.
+fn canary_held_at_5_percent(h: &Haproxy) -> (Baton, Child) {
     let mut b = haproxy_baton(
         &h.socket,
         "[services.web.canary]\nsteps = [{ weight = 5, pause = \"forever\" }]\n",
@@ -176,6 +175,14 @@ async fn canary_weights_reach_haproxy() {
     wait_until("the canary at 5%", Duration::from_secs(20), || {
         b.status("web")["deploy"]["canary"]["weight"] == 500
     });
+    (b, deploy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn canary_weights_reach_haproxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Haproxy::start(dir.path(), "");
+    let (b, deploy) = canary_held_at_5_percent(&h);
 
     let mut cfg = baton_loadgen::LoadConfig::new(h.url());
     cfg.connections = 8;
@@ -207,16 +214,7 @@ async fn canary_weights_reach_haproxy() {
 fn a_restarted_haproxy_is_put_back_as_baton_set_it() {
     let dir = tempfile::tempdir().unwrap();
     let mut h = Haproxy::start(dir.path(), "");
-    let mut b = haproxy_baton(
-        &h.socket,
-        "[services.web.canary]\nsteps = [{ weight = 5, pause = \"forever\" }]\n",
-    );
-    b.start();
-    b.ok(&["deploy", "web", "v1"]);
-    let deploy = b.spawn_cli(&["deploy", "web", "v2", "--canary"]);
-    wait_until("the canary at 5%", Duration::from_secs(20), || {
-        b.status("web")["deploy"]["canary"]["weight"] == 500
-    });
+    let (b, deploy) = canary_held_at_5_percent(&h);
     let set = h.servers();
     assert_eq!(set.len(), 4, "{set:?}");
 
