@@ -119,14 +119,20 @@ impl Drop for Haproxy {
     }
 }
 
-/// A baton whose `web` service is moved by the HAProxy at `socket`.
+/// A baton whose `web` service is moved by the HAProxy at `socket`;
+/// `extra` is appended (tables of the service).
 fn haproxy_baton(socket: &Path, extra: &str) -> Baton {
+    haproxy_baton_with(socket, &[], extra)
+}
+
+/// The same, the sample app given `args`.
+fn haproxy_baton_with(socket: &Path, args: &[&str], extra: &str) -> Baton {
     Baton::new(&format!(
         "[services.web]\ncommand = {app}\ntraffic = \"haproxy\"\ninstances = 2\n\
          [services.web.haproxy]\nsocket = \"{socket}\"\nbackend = \"web\"\nstate_file = \"haproxy.state\"\n\
          [services.web.health]\ninterval = \"100ms\"\n\
          [services.web.switch]\ndrain_timeout = \"5s\"\nkeep_previous = \"1s\"\n{extra}",
-        app = sample_app(&[]),
+        app = sample_app(args),
         socket = socket.display(),
     ))
 }
@@ -248,6 +254,44 @@ fn a_restarted_haproxy_is_put_back_as_baton_set_it() {
     wait_until("only v1's servers left", Duration::from_secs(20), || {
         h.servers().iter().all(|s| s.0.starts_with("baton-blue-"))
     });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_canary_behind_haproxy_is_judged_by_haproxys_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = Haproxy::start(dir.path(), "");
+    let mut b = haproxy_baton_with(
+        &h.socket,
+        &["--behave", "bad=error-rate:0.2"],
+        "[services.web.canary]\nsteps = [{ weight = 20, pause = \"1m\" }]\n\
+         [services.web.canary.analysis]\ninterval = \"1s\"\nmin_requests = 20\n",
+    );
+    b.start();
+    b.ok(&["deploy", "web", "v1"]);
+    let mut cfg = baton_loadgen::LoadConfig::new(h.url());
+    cfg.connections = 8;
+    cfg.pause_between_requests = Duration::from_millis(1);
+    let load = baton_loadgen::start(cfg);
+
+    // None of these requests passes through baton's proxy: the analysis
+    // sees them through HAProxy's counters.
+    let deploy = b.spawn_cli(&["deploy", "web", "bad", "--canary"]);
+    let out = wait_child("the canary's rollback", deploy, Duration::from_secs(30));
+    let stats = load.stop().await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("error_rate"), "{err}");
+    assert!(
+        stats.versions.contains_key("bad"),
+        "the canary got traffic: {stats}"
+    );
+    let servers = h.servers();
+    assert!(
+        !servers.is_empty() && servers.iter().all(|s| s.0.starts_with("baton-blue-")),
+        "only v1's servers are left: {servers:?}"
+    );
+    let (_, body) = baton_loadgen::get_once(&h.url(), None).await.unwrap();
+    assert_eq!(body.trim(), "version=v1");
 }
 
 /// A deploy against `h` with `socket` fails before traffic moves, with

@@ -71,6 +71,14 @@ impl Stats {
         self.latency_sum_us.fetch_add(us, Relaxed);
     }
 
+    /// `n` answers of status class `class` (1 to 5) counted elsewhere, by a
+    /// load balancer in front of the pool's targets; their latency is not
+    /// known, so they weigh in error rates but not in latency quantiles.
+    pub fn count(&self, class: u16, n: u64) {
+        let class = usize::from(class).clamp(1, CLASSES) - 1;
+        self.by_class[class].fetch_add(n, Relaxed);
+    }
+
     /// An attempt toward a target failed (unreachable, reset, bad answer).
     pub(crate) fn upstream_error(&self) {
         self.upstream_errors.fetch_add(1, Relaxed);

@@ -59,7 +59,7 @@ impl Traffic for Backends {
         to: Arc<Pool>,
     ) -> Result<Option<Arc<Pool>>, TrafficError> {
         if let Some(h) = self.haproxy.get(service) {
-            h.switch(&to, self.builtin.live(service).as_deref()).await?;
+            h.switch(&to, self.builtin.live(service).as_ref()).await?;
         }
         self.builtin.switch(service, to).await
     }
@@ -85,7 +85,7 @@ impl Traffic for Backends {
     ) -> Result<Option<Arc<Pool>>, TrafficError> {
         let candidate = self.builtin.canary(service).map(|c| c.pool().clone());
         if let (Some(h), Some(pool)) = (self.haproxy.get(service), &candidate) {
-            h.withdraw(pool, self.builtin.live(service).as_deref())
+            h.withdraw(pool, self.builtin.live(service).as_ref())
                 .await?;
         }
         self.builtin.withdraw(service, color).await

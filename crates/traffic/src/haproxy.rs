@@ -60,6 +60,12 @@ pub struct HaproxyBackend {
     intended: Mutex<BTreeMap<String, Want>>,
     /// What HAProxy reported last, for `status`.
     observed: Mutex<TrafficReport>,
+    /// The pool each of baton's servers belongs to, whose counters get the
+    /// answers HAProxy counted for it: the canary's analysis and `/metrics`
+    /// see the requests that never pass through baton's proxy.
+    pools: Mutex<BTreeMap<String, Arc<Pool>>>,
+    /// Answers by status class HAProxy had counted per server at the last look.
+    counted: Mutex<BTreeMap<String, [u64; 5]>>,
 }
 
 /// What baton set on one server.
@@ -125,6 +131,36 @@ fn differences(intended: &BTreeMap<String, Want>, servers: &[Server]) -> Vec<Str
         .collect()
 }
 
+/// Answers by status class (1xx to 5xx) HAProxy counted for each server of
+/// `backend`, from `show stat`'s CSV (columns found by their header names).
+fn answers_by_class(stat: &str, backend: &str) -> BTreeMap<String, [u64; 5]> {
+    let mut lines = stat.lines();
+    let Some(header) = lines.next().and_then(|h| h.strip_prefix("# ")) else {
+        return BTreeMap::new();
+    };
+    let column = |name: &str| header.split(',').position(|c| c == name);
+    let classes: Vec<Option<usize>> = ["hrsp_1xx", "hrsp_2xx", "hrsp_3xx", "hrsp_4xx", "hrsp_5xx"]
+        .iter()
+        .map(|c| column(c))
+        .collect();
+    lines
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(',').collect();
+            let server = *fields.get(1)?;
+            if fields.first() != Some(&backend) || !server.starts_with(PREFIX) {
+                return None;
+            }
+            let count = |i: usize| {
+                classes[i]
+                    .and_then(|c| fields.get(c))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0)
+            };
+            Some((server.to_string(), std::array::from_fn(count)))
+        })
+        .collect()
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -148,6 +184,8 @@ impl HaproxyBackend {
                 backend: format!("haproxy {}", cfg.backend),
                 ..TrafficReport::default()
             }),
+            pools: Mutex::default(),
+            counted: Mutex::default(),
         }
     }
 
@@ -162,7 +200,33 @@ impl HaproxyBackend {
         loop {
             tokio::time::sleep(WATCH).await;
             self.check().await;
+            if let Err(e) = self.count_answers().await {
+                tracing::debug!(error = %e, "cannot read haproxy's counters");
+            }
         }
+    }
+
+    /// Adds the answers HAProxy counted since the last look to the pools'
+    /// counters, server by server.
+    async fn count_answers(&self) -> Result<(), TrafficError> {
+        let stat = self.command("show stat").await?;
+        let now = answers_by_class(&stat, &self.backend);
+        let pools = lock(&self.pools).clone();
+        let mut counted = lock(&self.counted);
+        for (name, classes) in now {
+            let Some(pool) = pools.get(&name) else {
+                continue;
+            };
+            let before = counted.insert(name, classes).unwrap_or([0; 5]);
+            for (i, (&now, &before)) in classes.iter().zip(before.iter()).enumerate() {
+                // Fewer than before: HAProxy restarted and counts from zero.
+                let new = if now >= before { now - before } else { now };
+                if new > 0 {
+                    pool.stats.count(i as u16 + 1, new);
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn check(&self) {
@@ -245,7 +309,12 @@ impl HaproxyBackend {
     }
 
     /// Records what baton sets on `pool`'s servers.
-    fn intend(&self, pool: &Pool, change: impl Fn(&mut Want)) {
+    fn intend(&self, pool: &Arc<Pool>, change: impl Fn(&mut Want)) {
+        let mut pools = lock(&self.pools);
+        for i in 0..pool.targets().len() {
+            pools.insert(server_name(pool.color, i), pool.clone());
+        }
+        drop(pools);
         let mut intended = lock(&self.intended);
         for (i, target) in pool.targets().iter().enumerate() {
             let want = intended.entry(server_name(pool.color, i)).or_insert(Want {
@@ -260,7 +329,7 @@ impl HaproxyBackend {
 
     /// Adds (or updates) `pool`'s servers with weight 0, after checking that
     /// the backend exists and holds no server baton does not manage.
-    pub(crate) async fn stage(&self, pool: &Pool) -> Result<(), TrafficError> {
+    pub(crate) async fn stage(&self, pool: &Arc<Pool>) -> Result<(), TrafficError> {
         let _one = self.changing.lock().await;
         let servers = self.servers().await?;
         let foreign: Vec<&str> = servers
@@ -282,7 +351,11 @@ impl HaproxyBackend {
     }
 
     /// The switch: `to` takes everything, `from` drains.
-    pub(crate) async fn switch(&self, to: &Pool, from: Option<&Pool>) -> Result<(), TrafficError> {
+    pub(crate) async fn switch(
+        &self,
+        to: &Arc<Pool>,
+        from: Option<&Arc<Pool>>,
+    ) -> Result<(), TrafficError> {
         let _one = self.changing.lock().await;
         let servers = self.servers().await?;
         // After a restart or a reload of HAProxy, the servers may be gone.
@@ -299,8 +372,8 @@ impl HaproxyBackend {
     /// the rest to `live`.
     pub(crate) async fn split(
         &self,
-        candidate: &Pool,
-        live: &Pool,
+        candidate: &Arc<Pool>,
+        live: &Arc<Pool>,
         weight: Weight,
     ) -> Result<(), TrafficError> {
         let _one = self.changing.lock().await;
@@ -315,8 +388,8 @@ impl HaproxyBackend {
     /// Takes the candidate's share back: its servers drain.
     pub(crate) async fn withdraw(
         &self,
-        pool: &Pool,
-        live: Option<&Pool>,
+        pool: &Arc<Pool>,
+        live: Option<&Arc<Pool>>,
     ) -> Result<(), TrafficError> {
         let _one = self.changing.lock().await;
         self.set_state(pool, "drain").await?;
@@ -332,6 +405,8 @@ impl HaproxyBackend {
         let _one = self.changing.lock().await;
         let prefix = server_prefix(color);
         lock(&self.intended).retain(|name, _| !name.starts_with(&prefix));
+        lock(&self.pools).retain(|name, _| !name.starts_with(&prefix));
+        lock(&self.counted).retain(|name, _| !name.starts_with(&prefix));
         for server in self.servers().await? {
             if !server.name.starts_with(&prefix) {
                 continue;
@@ -375,7 +450,7 @@ impl HaproxyBackend {
     /// pool's targets, and gives them all `weight`, ready for traffic.
     async fn ensure(
         &self,
-        pool: &Pool,
+        pool: &Arc<Pool>,
         servers: &[Server],
         weight: u32,
     ) -> Result<(), TrafficError> {
@@ -394,7 +469,7 @@ impl HaproxyBackend {
         Ok(())
     }
 
-    async fn set_weight(&self, pool: &Pool, weight: u32) -> Result<(), TrafficError> {
+    async fn set_weight(&self, pool: &Arc<Pool>, weight: u32) -> Result<(), TrafficError> {
         self.intend(pool, |w| w.weight = weight);
         for i in 0..pool.targets().len() {
             let name = format!("{}/{}", self.backend, server_name(pool.color, i));
@@ -404,7 +479,7 @@ impl HaproxyBackend {
         Ok(())
     }
 
-    async fn set_state(&self, pool: &Pool, state: &str) -> Result<(), TrafficError> {
+    async fn set_state(&self, pool: &Arc<Pool>, state: &str) -> Result<(), TrafficError> {
         self.intend(pool, |w| w.drain = state == "drain");
         for i in 0..pool.targets().len() {
             let name = format!("{}/{}", self.backend, server_name(pool.color, i));
@@ -574,6 +649,18 @@ mod tests {
         assert_eq!(weights(w(50.0), 2, 1), (128, 256));
         assert_eq!(weights(w(0.01), 1, 1), (1, 256));
         assert_eq!(weights(Weight::FULL, 1, 1), (256, 0));
+    }
+
+    #[test]
+    fn answers_are_read_by_column_name() {
+        let stat = "# pxname,svname,scur,hrsp_1xx,hrsp_2xx,hrsp_3xx,hrsp_4xx,hrsp_5xx,\n\
+                    web,baton-blue-0,0,0,90,1,2,7,\n\
+                    web,legacy,0,0,5,0,0,0,\n\
+                    web,BACKEND,0,0,95,1,2,7,\n\
+                    other,baton-blue-0,0,0,1,0,0,0,\n";
+        let counted = answers_by_class(stat, "web");
+        assert_eq!(counted.len(), 1, "{counted:?}");
+        assert_eq!(counted["baton-blue-0"], [0, 90, 1, 2, 7]);
     }
 
     #[test]
