@@ -68,8 +68,9 @@ impl Runtime for ProcessRuntime {
         let children = self.children.clone();
         tokio::spawn(async move {
             if let Ok(status) = child.wait().await {
+                // Only while it is still ours: a stopped instance is forgotten.
                 if let Ok(mut children) = children.lock() {
-                    children.insert(pid, Some(status));
+                    children.entry(pid).and_modify(|s| *s = Some(status));
                 }
             }
         });
@@ -99,6 +100,8 @@ impl Runtime for ProcessRuntime {
         let Some((pid, start_ticks)) = process(instance) else {
             return Ok(());
         };
+        // Once stopped, its exit status is of no more use.
+        let _forget = Forget(&self.children, pid);
         if !is_alive(pid, start_ticks) && !group_alive(pid) {
             return Ok(());
         }
@@ -115,6 +118,17 @@ impl Runtime for ProcessRuntime {
 
     async fn log_tail(&self, instance: &Instance, lines: usize) -> String {
         logfile::tail(&instance.log, lines)
+    }
+}
+
+/// Removes a child from the table when dropped, however `stop` returns.
+struct Forget<'a>(&'a Mutex<HashMap<u32, Option<ExitStatus>>>, u32);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut children) = self.0.lock() {
+            children.remove(&self.1);
+        }
     }
 }
 
