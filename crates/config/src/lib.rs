@@ -20,7 +20,7 @@ use baton_core::{Inconclusive, Pause, Plan, Step, Sticky, Weight};
 
 pub use fleet::{Deliver, HostConfig};
 pub use template::{Template, Vars, INSTANCE_VARS, SMOKE_VARS};
-pub use traffic::{HaproxyConfig, TrafficConfig};
+pub use traffic::{HaproxyConfig, NginxConfig, TrafficConfig};
 
 /// A configuration that failed to load; its `Display` is the one line a user sees.
 #[derive(Debug, thiserror::Error)]

@@ -149,6 +149,8 @@ struct Service {
     traffic: Option<String>,
     #[serde(default)]
     haproxy: Option<crate::traffic::Haproxy>,
+    #[serde(default)]
+    nginx: Option<crate::traffic::Nginx>,
 }
 
 #[derive(Deserialize)]
@@ -487,8 +489,14 @@ impl Service {
                 return Err(at.err(key(k), "must be at least 1"));
             }
         }
-        let traffic =
-            crate::traffic::traffic(at, name, self.traffic.as_deref(), self.haproxy, base)?;
+        let traffic = crate::traffic::traffic(
+            at,
+            name,
+            self.traffic.as_deref(),
+            self.haproxy,
+            self.nginx,
+            base,
+        )?;
         let canary = match self.canary {
             Some(c) => c.validate(at, &key("canary"))?,
             None => CanaryConfig::default(),

@@ -892,8 +892,29 @@ fn haproxy_traffic_parses_and_its_mistakes_name_the_key() {
         "{e}"
     );
     let e = web_error("traffic = \"nginx\"");
+    assert!(e.contains("services.web.nginx: is required"), "{e}");
+    let nginx =
+        web("traffic = \"nginx\"\n[services.web.nginx]\nupstream_file = \"nginx/web.conf\"\n")
+            .unwrap();
+    assert_eq!(
+        nginx.traffic,
+        TrafficConfig::Nginx(NginxConfig {
+            upstream_file: "/etc/app/nginx/web.conf".into(),
+            reload: vec!["nginx".into(), "-s".into(), "reload".into()],
+            test: vec!["nginx".into(), "-t".into()],
+            pid_file: "/run/nginx.pid".into(),
+        })
+    );
+    let e = web_error(
+        "traffic = \"nginx\"\n[services.web.nginx]\nupstream_file = \"w.conf\"\ntest = []",
+    );
     assert!(
-        e.contains("services.web.traffic: \"nginx\" is not available yet"),
+        e.contains("services.web.nginx.test: must name a program"),
+        "{e}"
+    );
+    let e = web_error("[services.web.nginx]\nupstream_file = \"w.conf\"");
+    assert!(
+        e.contains("services.web.nginx: is only for traffic = \"nginx\""),
         "{e}"
     );
     let e = web_error("traffic = \"envoy\"");

@@ -1,5 +1,6 @@
 //! Who moves a service's traffic (`traffic`): baton's own proxy, or a load
-//! balancer the user already runs (`[services.NAME.haproxy]`).
+//! balancer the user already runs (`[services.NAME.haproxy]`,
+//! `[services.NAME.nginx]`).
 
 use std::path::{Path, PathBuf};
 
@@ -16,6 +17,22 @@ pub enum TrafficConfig {
     Builtin,
     /// An HAProxy driven through its runtime API.
     Haproxy(HaproxyConfig),
+    /// An nginx whose upstream file baton renders, tests and reloads.
+    Nginx(NginxConfig),
+}
+
+/// An nginx upstream baton renders (`[services.NAME.nginx]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NginxConfig {
+    /// Where `upstream NAME { ... }` is written; the user's config includes it.
+    pub upstream_file: PathBuf,
+    /// How nginx is told to load it.
+    pub reload: Vec<String>,
+    /// How nginx checks its config before that.
+    pub test: Vec<String>,
+    /// nginx's pid file: its workers tell when a reload took and when the
+    /// old ones are done.
+    pub pid_file: PathBuf,
 }
 
 /// An HAProxy backend baton manages (`[services.NAME.haproxy]`).
@@ -39,17 +56,55 @@ pub(crate) struct Haproxy {
     state_file: Option<PathBuf>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Nginx {
+    upstream_file: PathBuf,
+    #[serde(default)]
+    reload: Option<Vec<String>>,
+    #[serde(default)]
+    test: Option<Vec<String>>,
+    #[serde(default)]
+    pid_file: Option<PathBuf>,
+}
+
 /// Validates `traffic` and its table.
 pub(crate) fn traffic(
     at: &Culprit,
     service: &str,
     kind: Option<&str>,
     haproxy: Option<Haproxy>,
+    nginx: Option<Nginx>,
     base: &Path,
 ) -> Result<TrafficConfig, ConfigError> {
     let key = |k: &str| format!("services.{service}.{k}");
-    match (kind.unwrap_or("builtin"), haproxy) {
+    let kind = kind.unwrap_or("builtin");
+    if let (Some(_), false) = (&nginx, kind == "nginx") {
+        return Err(at.err(key("nginx"), "is only for traffic = \"nginx\""));
+    }
+    match (kind, haproxy) {
         ("builtin", None) => Ok(TrafficConfig::Builtin),
+        ("nginx", None) => {
+            let Some(n) = nginx else {
+                return Err(at.err(
+                    key("nginx"),
+                    "is required with traffic = \"nginx\" (upstream_file)",
+                ));
+            };
+            let command = |k: &str, given: Option<Vec<String>>, default: &[&str]| match given {
+                Some(argv) if argv.first().is_none_or(|p| p.trim().is_empty()) => {
+                    Err(at.err(key(&format!("nginx.{k}")), "must name a program to run"))
+                }
+                Some(argv) => Ok(argv),
+                None => Ok(default.iter().map(|s| s.to_string()).collect()),
+            };
+            Ok(TrafficConfig::Nginx(NginxConfig {
+                upstream_file: base.join(n.upstream_file),
+                reload: command("reload", n.reload, &["nginx", "-s", "reload"])?,
+                test: command("test", n.test, &["nginx", "-t"])?,
+                pid_file: base.join(n.pid_file.unwrap_or_else(|| "/run/nginx.pid".into())),
+            }))
+        }
         ("haproxy", Some(h)) => {
             let name_ok = !h.backend.is_empty()
                 && h.backend
@@ -69,13 +124,11 @@ pub(crate) fn traffic(
             "is required with traffic = \"haproxy\" (socket and backend)",
         )),
         (_, Some(_)) => Err(at.err(key("haproxy"), "is only for traffic = \"haproxy\"")),
-        ("nginx", None) => Err(at.err(
-            key("traffic"),
-            "\"nginx\" is not available yet (\"builtin\" or \"haproxy\")",
-        )),
         (other, None) => Err(at.err(
             key("traffic"),
-            format!("unknown traffic backend {other:?} (expected \"builtin\" or \"haproxy\")"),
+            format!(
+                "unknown traffic backend {other:?} (expected \"builtin\", \"haproxy\" or \"nginx\")"
+            ),
         )),
     }
 }

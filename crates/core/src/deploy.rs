@@ -72,6 +72,8 @@ pub enum Event {
     SmokeFailed(String),
     /// The route table now sends the service's traffic to the candidate.
     Switched,
+    /// The traffic backend refused the switch; traffic did not move.
+    SwitchFailed(String),
     /// Someone gave up on the deploy (for instance, baton restarted mid-way).
     Aborted(String),
     /// What one analysis interval of the canary concluded.
@@ -181,6 +183,7 @@ impl Deploy {
             (P::Health, E::Healthy) if self.smoke => self.enter(P::Smoke, vec![Action::RunSmoke]),
             (P::Health, E::Healthy) | (P::Smoke, E::SmokePassed) => self.gates_passed(),
             (P::Switching, E::Switched) => self.switched(),
+            (P::Switching, E::SwitchFailed(why)) => self.fail(format!("could not switch: {why}")),
             (P::Starting, E::StartFailed(why)) => self.fail(format!("could not start: {why}")),
             (P::Starting | P::Health | P::Smoke | P::Canary, E::Exited(why)) => self.fail(why),
             (P::Health, E::Unhealthy(who)) => {
@@ -315,7 +318,10 @@ impl Deploy {
     /// The only way to `Failed`. A canary had traffic on the candidate, so
     /// that is withdrawn before the candidate stops.
     fn fail(&mut self, why: String) -> Vec<Action> {
-        let had_traffic = self.phase == Phase::Canary;
+        // A canary's candidate has a share until it is withdrawn, also when
+        // its promotion's switch fails.
+        let had_traffic = self.phase == Phase::Canary
+            || (self.phase == Phase::Switching && self.rollout.is_some());
         self.failed_in = Some(self.phase);
         self.error = Some(why);
         self.phase = Phase::Failed;

@@ -543,12 +543,9 @@ impl<'a> Run<'a> {
         let switched = self.shared.traffic.switch(name, live.pool.clone()).await;
         self.svc.switches.add(started.elapsed());
         if let Err(e) = switched {
-            self.shared
-                .store
-                .fail_deploy(self.id, &e.to_string(), None)?;
-            return Err(DeployError::Failed(Box::new(
-                self.shared.store.deploy(self.id)?,
-            )));
+            // Traffic did not move: the candidate is stopped like any that failed.
+            self.live = Some(live);
+            return Ok(Event::SwitchFailed(e.to_string()));
         }
         let retire_at = now_ms() + (self.svc.cfg.switch.drain_timeout + keep).as_millis() as i64;
         self.shared

@@ -1,12 +1,12 @@
 //! Each service's traffic backend, behind one [`Traffic`]: baton's own
-//! proxy for every service, and for those that say so, an HAProxy the user
-//! runs.
+//! proxy for every service, and for those that say so, a load balancer the
+//! user runs (a [`Balancer`]: HAProxy or nginx).
 //!
 //! baton's proxy keeps every service's routes in any case: it is where the
 //! candidate's preview and `X-Baton-Color` are served, and what `status`
-//! reads. For a service behind HAProxy each step is made there first; only
-//! when HAProxy took it is it recorded in baton's routes, so that a step
-//! HAProxy refused leaves both as they were.
+//! reads. For a service behind a balancer each step is made there first;
+//! only when the balancer took it is it recorded in baton's routes, so that
+//! a step the balancer refused leaves both as they were.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,36 +14,69 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use baton_config::{Config, TrafficConfig};
-use baton_core::Color;
+use baton_core::{Color, Weight};
 use baton_proxy::{Canary, DrainReport, Pool};
 
 use crate::haproxy::HaproxyBackend;
+use crate::nginx::NginxBackend;
 use crate::{Builtin, Preview, Traffic, TrafficError, TrafficReport};
+
+/// A load balancer the user runs, in front of one service's releases: the
+/// steps of a deploy as that balancer makes them.
+#[async_trait]
+pub(crate) trait Balancer: Send + Sync {
+    /// `pool` becomes known to the balancer, taking no traffic yet.
+    async fn stage(&self, pool: &Arc<Pool>) -> Result<(), TrafficError>;
+    /// `to` takes all the traffic; `from` (the live release) drains.
+    async fn switch(&self, to: &Arc<Pool>, from: Option<&Arc<Pool>>) -> Result<(), TrafficError>;
+    /// `candidate` takes `weight` of the traffic, `live` the rest.
+    async fn split(
+        &self,
+        candidate: &Arc<Pool>,
+        live: &Arc<Pool>,
+        weight: Weight,
+    ) -> Result<(), TrafficError>;
+    /// `candidate` gives its share back to `live`.
+    async fn withdraw(
+        &self,
+        candidate: &Arc<Pool>,
+        live: Option<&Arc<Pool>>,
+    ) -> Result<(), TrafficError>;
+    /// `color`'s servers are forgotten (its instances are stopped).
+    async fn unstage(&self, color: Color) -> Result<(), TrafficError>;
+    /// Waits until the balancer holds no request for `pool`.
+    async fn drain(&self, pool: &Pool, timeout: Duration) -> DrainReport;
+    /// What the balancer reports, beside what baton set, if it can say.
+    fn report(&self) -> Option<TrafficReport> {
+        None
+    }
+}
 
 /// Every service's traffic backend.
 pub struct Backends {
     builtin: Builtin,
-    haproxy: HashMap<String, Arc<HaproxyBackend>>,
+    balancers: HashMap<String, Arc<dyn Balancer>>,
 }
 
 impl Backends {
     /// Must run inside a tokio runtime: each HAProxy backend is watched
     /// from a task of its own.
     pub fn new(builtin: Builtin, config: &Config) -> Self {
-        let haproxy: HashMap<String, Arc<HaproxyBackend>> = config
-            .services
-            .values()
-            .filter_map(|s| match &s.traffic {
+        let mut balancers: HashMap<String, Arc<dyn Balancer>> = HashMap::new();
+        for s in config.services.values() {
+            match &s.traffic {
+                TrafficConfig::Builtin => {}
                 TrafficConfig::Haproxy(h) => {
-                    Some((s.name.clone(), Arc::new(HaproxyBackend::new(h))))
+                    let backend = Arc::new(HaproxyBackend::new(h));
+                    tokio::spawn(backend.clone().watch());
+                    balancers.insert(s.name.clone(), backend);
                 }
-                TrafficConfig::Builtin => None,
-            })
-            .collect();
-        for backend in haproxy.values() {
-            tokio::spawn(backend.clone().watch());
+                TrafficConfig::Nginx(n) => {
+                    balancers.insert(s.name.clone(), Arc::new(NginxBackend::new(&s.name, n)));
+                }
+            }
         }
-        Self { builtin, haproxy }
+        Self { builtin, balancers }
     }
 }
 
@@ -58,22 +91,22 @@ impl Traffic for Backends {
         service: &str,
         to: Arc<Pool>,
     ) -> Result<Option<Arc<Pool>>, TrafficError> {
-        if let Some(h) = self.haproxy.get(service) {
-            h.switch(&to, self.builtin.live(service).as_ref()).await?;
+        if let Some(b) = self.balancers.get(service) {
+            b.switch(&to, self.builtin.live(service).as_ref()).await?;
         }
         self.builtin.switch(service, to).await
     }
 
     async fn stage(&self, service: &str, pool: Arc<Pool>) -> Result<(), TrafficError> {
-        if let Some(h) = self.haproxy.get(service) {
-            h.stage(&pool).await?;
+        if let Some(b) = self.balancers.get(service) {
+            b.stage(&pool).await?;
         }
         self.builtin.stage(service, pool).await
     }
 
     async fn split(&self, service: &str, canary: Canary) -> Result<(), TrafficError> {
-        if let (Some(h), Some(live)) = (self.haproxy.get(service), self.builtin.live(service)) {
-            h.split(canary.pool(), &live, canary.weight()).await?;
+        if let (Some(b), Some(live)) = (self.balancers.get(service), self.builtin.live(service)) {
+            b.split(canary.pool(), &live, canary.weight()).await?;
         }
         self.builtin.split(service, canary).await
     }
@@ -84,16 +117,16 @@ impl Traffic for Backends {
         color: Color,
     ) -> Result<Option<Arc<Pool>>, TrafficError> {
         let candidate = self.builtin.canary(service).map(|c| c.pool().clone());
-        if let (Some(h), Some(pool)) = (self.haproxy.get(service), &candidate) {
-            h.withdraw(pool, self.builtin.live(service).as_ref())
+        if let (Some(b), Some(pool)) = (self.balancers.get(service), &candidate) {
+            b.withdraw(pool, self.builtin.live(service).as_ref())
                 .await?;
         }
         self.builtin.withdraw(service, color).await
     }
 
     async fn unstage(&self, service: &str, color: Color) -> Result<(), TrafficError> {
-        if let Some(h) = self.haproxy.get(service) {
-            h.unstage(color).await?;
+        if let Some(b) = self.balancers.get(service) {
+            b.unstage(color).await?;
         }
         self.builtin.unstage(service, color).await
     }
@@ -102,14 +135,14 @@ impl Traffic for Backends {
         self.builtin.canary(service)
     }
 
-    /// Behind HAProxy, both drain: HAProxy's sessions and the requests that
-    /// came through baton's proxy (previews, `X-Baton-Color`).
+    /// Behind a balancer, both drain: the balancer's requests and the ones
+    /// that came through baton's proxy (previews, `X-Baton-Color`).
     async fn drain(&self, service: &str, pool: &Pool, timeout: Duration) -> DrainReport {
-        let Some(h) = self.haproxy.get(service) else {
+        let Some(b) = self.balancers.get(service) else {
             return self.builtin.drain(service, pool, timeout).await;
         };
         let (theirs, ours) = tokio::join!(
-            h.drain(pool, timeout),
+            b.drain(pool, timeout),
             self.builtin.drain(service, pool, timeout)
         );
         DrainReport {
@@ -125,6 +158,6 @@ impl Traffic for Backends {
     }
 
     fn report(&self, service: &str) -> Option<TrafficReport> {
-        self.haproxy.get(service).map(|h| h.report())
+        self.balancers.get(service)?.report()
     }
 }

@@ -32,6 +32,7 @@ use baton_proxy::{DrainReport, Pool};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
+use crate::backends::Balancer;
 use crate::{ServerReport, TrafficError, TrafficReport};
 
 /// Longest HAProxy may take to answer one command.
@@ -573,6 +574,40 @@ impl HaproxyBackend {
 
     fn error(&self, message: String) -> TrafficError {
         TrafficError::Haproxy(message)
+    }
+}
+
+#[async_trait::async_trait]
+impl Balancer for HaproxyBackend {
+    async fn stage(&self, pool: &Arc<Pool>) -> Result<(), TrafficError> {
+        HaproxyBackend::stage(self, pool).await
+    }
+    async fn switch(&self, to: &Arc<Pool>, from: Option<&Arc<Pool>>) -> Result<(), TrafficError> {
+        HaproxyBackend::switch(self, to, from).await
+    }
+    async fn split(
+        &self,
+        candidate: &Arc<Pool>,
+        live: &Arc<Pool>,
+        weight: Weight,
+    ) -> Result<(), TrafficError> {
+        HaproxyBackend::split(self, candidate, live, weight).await
+    }
+    async fn withdraw(
+        &self,
+        candidate: &Arc<Pool>,
+        live: Option<&Arc<Pool>>,
+    ) -> Result<(), TrafficError> {
+        HaproxyBackend::withdraw(self, candidate, live).await
+    }
+    async fn unstage(&self, color: Color) -> Result<(), TrafficError> {
+        HaproxyBackend::unstage(self, color).await
+    }
+    async fn drain(&self, pool: &Pool, timeout: Duration) -> DrainReport {
+        HaproxyBackend::drain(self, pool, timeout).await
+    }
+    fn report(&self) -> Option<TrafficReport> {
+        Some(HaproxyBackend::report(self))
     }
 }
 

@@ -9,6 +9,7 @@
 mod backends;
 mod builtin;
 mod haproxy;
+mod nginx;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,7 @@ use baton_proxy::{Canary, DrainReport, Pool};
 pub use backends::Backends;
 pub use builtin::Builtin;
 pub use haproxy::HaproxyBackend;
+pub use nginx::NginxBackend;
 
 /// A backend could not do what was asked; traffic did not move.
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +33,9 @@ pub enum TrafficError {
     /// HAProxy refused, or could not be reached; its own words.
     #[error("haproxy: {0}")]
     Haproxy(String),
+    /// nginx refused the config, or could not be reloaded; its own words.
+    #[error("nginx: {0}")]
+    Nginx(String),
 }
 
 /// What an external load balancer reports about a service's backend,

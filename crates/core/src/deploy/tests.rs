@@ -30,6 +30,7 @@ fn events() -> Vec<Event> {
         Event::SmokePassed,
         Event::SmokeFailed("exit status 1".into()),
         Event::Switched,
+        Event::SwitchFailed("haproxy: Permission denied".into()),
         Event::Aborted("baton restarted".into()),
         Event::Interval(Verdict::Pass),
         Event::Interval(Verdict::Fail("error rate 3% > 1%".into())),
@@ -276,14 +277,18 @@ fn check_transition(mut d: Deploy, event: Event) {
         assert_eq!(actions, holds(0), "{case}");
         assert_eq!(rollout(&d).weight, pct(5.0), "{case}");
     }
+    // A candidate had a share during its rollout, and still has it while its
+    // promotion's switch is under way.
+    let had_share =
+        phase == Phase::Canary || (phase == Phase::Switching && before.rollout.is_some());
     if actions.contains(&Action::Withdraw) {
-        assert_eq!(d.failed_in, Some(Phase::Canary), "{case}");
+        assert!(had_share, "{case}");
     }
     if d.phase == Phase::Failed {
         assert!(d.error.is_some(), "{case}: a failure says why");
         assert_eq!(d.failed_in, Some(phase), "{case}");
         let expected = match kind {
-            DeployKind::Deploy if phase == Phase::Canary => {
+            DeployKind::Deploy if had_share => {
                 vec![Action::Withdraw, Action::StopCandidate]
             }
             DeployKind::Deploy => vec![Action::StopCandidate],
@@ -308,12 +313,25 @@ fn check_transition(mut d: Deploy, event: Event) {
             assert_eq!(r.weight, Weight::FULL, "{case}");
         }
     }
-    if phase == Phase::Switching && event != Event::Switched {
-        assert_eq!(
+    match (&event, phase) {
+        (Event::Switched, _) => {}
+        // A switch the backend refused moved nothing: the deploy fails, and
+        // a canary's share is taken back before its candidate stops.
+        (Event::SwitchFailed(_), Phase::Switching) => {
+            assert_eq!(d.phase, Phase::Failed, "{case}");
+            let stop = match (kind, d.rollout().is_some()) {
+                (DeployKind::Rollback, _) => vec![],
+                (DeployKind::Deploy, true) => vec![Action::Withdraw, Action::StopCandidate],
+                (DeployKind::Deploy, false) => vec![Action::StopCandidate],
+            };
+            assert_eq!(actions, stop, "{case}");
+        }
+        (_, Phase::Switching) => assert_eq!(
             d.phase,
             Phase::Switching,
             "{case}: a switch under way is never left half-done"
-        );
+        ),
+        _ => {}
     }
 }
 
