@@ -20,8 +20,6 @@ use baton_proxy::{Canary, DrainReport, Pool};
 
 pub use backends::Backends;
 pub use builtin::Builtin;
-pub use haproxy::HaproxyBackend;
-pub use nginx::NginxBackend;
 
 /// A backend could not do what was asked; traffic did not move.
 #[derive(Debug, thiserror::Error)]
