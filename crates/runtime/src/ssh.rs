@@ -22,6 +22,10 @@ use crate::RuntimeError;
 
 /// Longest wait for a host to accept a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a connected host may take to answer a short command: generous,
+/// since a busy host (or a busy machine running baton) answers slowly, and
+/// a host that is cut off is caught by the connection's own probes anyway.
+const ANSWER: Duration = Duration::from_secs(15);
 /// How long a handed-out port is not handed out again.
 const PORT_QUARANTINE: Duration = Duration::from_secs(60);
 /// How often the connection is probed, so that a host cut off is noticed
@@ -84,7 +88,7 @@ impl Host {
     /// connection died), so that an unreachable host is known before
     /// anything is started anywhere.
     pub async fn reach(&self) -> Result<(), RuntimeError> {
-        self.run("true", CONNECT_TIMEOUT).await.map(|_| ())
+        self.run("true", ANSWER).await.map(|_| ())
     }
 
     /// Forwards the local unix socket `local` to `remote` on the host, over
@@ -102,7 +106,7 @@ impl Host {
                 path: PathBuf::from(remote).into(),
             },
         );
-        tokio::time::timeout(CONNECT_TIMEOUT, forwarding)
+        tokio::time::timeout(ANSWER, forwarding)
             .await
             .map_err(|_| self.error(format!("forwarding {remote}: no answer")))?
             .map_err(|e| self.error(format!("forwarding {remote}: {}", describe(&e))))?;
@@ -119,7 +123,7 @@ impl Host {
         let tables = self
             .run(
                 "cat /proc/net/tcp /proc/net/tcp6 2>/dev/null || true",
-                CONNECT_TIMEOUT * 3,
+                ANSWER,
             )
             .await?;
         let listening = listening_ports(&tables);
@@ -288,7 +292,7 @@ impl Host {
             builder.user_known_hosts_file(file);
         }
         let connecting = builder.connect(&c.address);
-        match tokio::time::timeout(CONNECT_TIMEOUT * 2, connecting).await {
+        match tokio::time::timeout(CONNECT_TIMEOUT + ANSWER, connecting).await {
             Ok(Ok(session)) => Ok(session),
             Ok(Err(e)) => Err(format!("cannot connect to {}: {}", c.address, describe(&e))),
             Err(_) => Err(format!("cannot connect to {}: timed out", c.address)),
@@ -300,7 +304,7 @@ impl Host {
     async fn remote_ip(&self, session: &Arc<Session>) -> Result<IpAddr, RuntimeError> {
         let mut command = shell(session, "echo $SSH_CONNECTION", Stdio::null());
         let output = command.output();
-        let output = tokio::time::timeout(CONNECT_TIMEOUT, output)
+        let output = tokio::time::timeout(ANSWER, output)
             .await
             .map_err(|_| self.error("no answer after connecting".into()))?
             .map_err(|e| self.error(describe(&e)))?;

@@ -141,10 +141,18 @@ impl TestHosts {
             )
             .unwrap();
             let log = File::create(&host.log).unwrap();
-            // `ip netns exec` execs sshd, so the child is sshd itself.
+            // Logins are this machine's root, whose shell start-up file is
+            // this machine's (here it runs pyenv, which hangs for a minute on
+            // a lock a killed session left behind). `ip netns exec` gives
+            // sshd a mount namespace of its own (changes stay inside), where
+            // that file is emptied, so the hosts' shells start clean. The
+            // shell execs sshd: the child is sshd itself.
+            let script = format!(
+                "[ -f ~root/.bashrc ] && mount --bind /dev/null ~root/.bashrc; exec {SSHD} -D -e -f '{}'",
+                config.display()
+            );
             let sshd = Command::new("ip")
-                .args(["netns", "exec", &host.netns, SSHD, "-D", "-e", "-f"])
-                .arg(&config)
+                .args(["netns", "exec", &host.netns, "sh", "-c", &script])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(log)
