@@ -471,19 +471,13 @@ impl<'a> Run<'a> {
 
     /// The candidate's targets that are not healthy, each with its host.
     fn unhealthy(&self, pool: &Pool) -> String {
-        let hosts: std::collections::HashMap<_, _> = self
+        // The pool's targets are the instances', in the same order.
+        let sick: Vec<String> = self
             .instances
             .iter()
-            .filter_map(|i| Some((i.addr, i.host.as_deref()?)))
-            .collect();
-        let sick: Vec<String> = pool
-            .targets()
-            .iter()
-            .filter(|t| !t.is_healthy())
-            .map(|t| match hosts.get(&t.addr()) {
-                Some(host) => format!("{host} {}", t.addr()),
-                None => t.addr().to_string(),
-            })
+            .zip(pool.targets())
+            .filter(|(_, t)| !t.is_healthy())
+            .map(|(i, _)| located(i))
             .collect();
         format!("{} not healthy", sick.join(", "))
     }
@@ -703,15 +697,20 @@ impl<'a> Run<'a> {
 /// The first of `instances` found to have exited, described.
 fn first_exit(shared: &Shared, instances: &[Instance]) -> Option<String> {
     instances.iter().enumerate().find_map(|(i, inst)| {
-        shared.runtime.exited(inst).map(|why| {
-            let host = inst
-                .host
-                .as_deref()
-                .map(|h| format!("{h} "))
-                .unwrap_or_default();
-            format!("instance {i} ({host}{}) {why}", inst.addr)
-        })
+        shared
+            .runtime
+            .exited(inst)
+            .map(|why| format!("instance {i} ({}) {why}", located(inst)))
     })
+}
+
+/// An instance's address, after its host's name if it runs on one:
+/// `app2 10.77.0.3:24187`.
+fn located(instance: &Instance) -> String {
+    match &instance.host {
+        Some(host) => format!("{host} {}", instance.addr),
+        None => instance.addr.to_string(),
+    }
 }
 
 /// What a person's command to the rollout is said as.

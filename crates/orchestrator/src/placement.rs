@@ -78,6 +78,34 @@ pub(crate) async fn preflight(
     shared.fleet.reach(&cfg.on).await.map_err(|e| e.to_string())
 }
 
+/// What a release ships to its hosts.
+enum Shipment {
+    Tarball(PathBuf),
+    Image(String),
+}
+
+impl Shipment {
+    /// `None`: nothing to ship (a service on this machine, or one whose
+    /// hosts have what it runs).
+    fn of(cfg: &ServiceConfig, version: &str) -> Option<Self> {
+        artifact(cfg, version)
+            .map(Shipment::Tarball)
+            .or_else(|| remote_image(cfg, version).map(Shipment::Image))
+    }
+}
+
+impl std::fmt::Display for Shipment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Shipment::Tarball(path) => {
+                let file = path.file_name().unwrap_or_default();
+                write!(f, "{}", file.to_string_lossy())
+            }
+            Shipment::Image(image) => write!(f, "image {image}"),
+        }
+    }
+}
+
 /// Delivers the release (its tarball, or its image) to every host that
 /// lacks it; `keep` are the versions running there, which pruning of
 /// tarballs must spare.
@@ -88,14 +116,10 @@ pub(crate) async fn deliver(
     keep: &[String],
     news: &(impl Fn(HostNews) + Sync),
 ) -> Result<(), String> {
-    let (what, artifact, image) = match (artifact(cfg, version), remote_image(cfg, version)) {
-        (Some(path), _) => {
-            let file = path.file_name().map(|f| f.to_string_lossy().into_owned());
-            (file.unwrap_or_default(), Some(path), None)
-        }
-        (None, Some(image)) => (format!("image {image}"), None, Some(image)),
-        (None, None) => return Ok(()),
+    let Some(shipment) = Shipment::of(cfg, version) else {
+        return Ok(());
     };
+    let what = shipment.to_string();
     let what = &what;
     let deliveries = cfg.on.iter().map(|host| {
         let tell = move |message: String, sent| {
@@ -120,20 +144,19 @@ pub(crate) async fn deliver(
                 Some((bytes, bytes)),
             ),
         };
-        let (fleet, artifact, image) = (&shared.fleet, &artifact, &image);
+        let (fleet, shipment) = (&shared.fleet, &shipment);
         async move {
-            match (artifact, image) {
-                (Some(path), _) => {
+            match shipment {
+                Shipment::Tarball(path) => {
                     fleet
                         .deliver(host, &cfg.name, version, path, keep, progress)
                         .await
                 }
-                (None, Some(image)) => {
+                Shipment::Image(image) => {
                     fleet
                         .deliver_image(host, image, cfg.deliver, progress)
                         .await
                 }
-                (None, None) => Ok(()),
             }
         }
     });

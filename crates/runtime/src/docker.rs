@@ -38,7 +38,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::fleet::HOST_PORTS;
 use crate::ssh::Host;
-use crate::{logfile, ports, Handle, Instance, InstanceSpec, Runtime, RuntimeError};
+use crate::{lock, logfile, ports, Handle, Instance, InstanceSpec, Runtime, RuntimeError};
 
 /// Every container baton starts carries this label, valued with its service.
 const SERVICE_LABEL: &str = "baton.service";
@@ -424,10 +424,6 @@ impl Runtime for DockerRuntime {
     async fn log_tail(&self, instance: &Instance, lines: usize) -> String {
         logfile::tail(&instance.log, lines)
     }
-}
-
-fn lock(known: &Mutex<Known>) -> MutexGuard<'_, Known> {
-    known.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The HTTP status of an error answer from the engine.

@@ -18,7 +18,7 @@ use futures_util::StreamExt;
 use crate::docker::{DockerRuntime, Place};
 use crate::fleet::Delivery;
 use crate::ssh::Host;
-use crate::RuntimeError;
+use crate::{lock, RuntimeError};
 
 /// Longest a delivery of an image may take, whatever its size.
 const DELIVERY_LIMIT: Duration = Duration::from_secs(1800);
@@ -45,7 +45,7 @@ impl Engines {
     /// The engine of `host` as last connected, without waiting: what
     /// [`crate::Runtime::exited`] needs.
     pub(crate) fn connected(&self, host: &str) -> Option<Arc<DockerRuntime>> {
-        let engines = self.engines.lock().unwrap_or_else(|e| e.into_inner());
+        let engines = lock(&self.engines);
         engines.get(host).map(|(_, e)| e.clone())
     }
 
@@ -56,12 +56,7 @@ impl Engines {
     ) -> Result<Arc<DockerRuntime>, RuntimeError> {
         let _one = self.connecting.lock().await;
         let generation = host.generation().await;
-        let current = self
-            .engines
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(host.name())
-            .cloned();
+        let current = lock(&self.engines).get(host.name()).cloned();
         if let Some((made_on, engine)) = current {
             if Some(made_on) == generation && engine.is_connected() {
                 return Ok(engine);
@@ -76,10 +71,7 @@ impl Engines {
                 message: e.to_string(),
             })?;
         let engine = Arc::new(engine);
-        self.engines
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(host.name().to_string(), (generation, engine.clone()));
+        lock(&self.engines).insert(host.name().to_string(), (generation, engine.clone()));
         Ok(engine)
     }
 }

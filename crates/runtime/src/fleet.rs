@@ -15,13 +15,11 @@ use baton_config::{Deliver, HostConfig};
 
 use crate::docker::DockerRuntime;
 use crate::engines::{self, Engines};
-use crate::ssh::{quote, Host};
+use crate::ssh::{quote, Host, ANSWER};
 use crate::RuntimeError;
 
 /// Releases kept on a host beside the ones running.
 pub const KEEP_RELEASES: usize = 5;
-/// Longest a host may take for a short command.
-pub(crate) const COMMAND_LIMIT: Duration = Duration::from_secs(15);
 /// Longest a delivery may take, whatever its size.
 const DELIVERY_LIMIT: Duration = Duration::from_secs(600);
 /// Ports instances on hosts are given, below Linux's ephemeral range so that
@@ -163,7 +161,7 @@ impl Fleet {
         let releases = format!("{}/releases", service_dir(host, service));
         let release = format!("{releases}/{}", dir_name(version));
         let present = format!("test -f {}/{COMPLETE} && echo yes || true", quote(&release));
-        if host.run(&present, COMMAND_LIMIT).await?.trim() == "yes" {
+        if host.run(&present, ANSWER).await?.trim() == "yes" {
             progress(Delivery::Present);
         } else {
             let total = std::fs::metadata(artifact)
@@ -201,7 +199,7 @@ impl Fleet {
         keep: &[String],
     ) -> Result<(), RuntimeError> {
         let listing = host
-            .run(&format!("ls -1t {}", quote(releases)), COMMAND_LIMIT)
+            .run(&format!("ls -1t {}", quote(releases)), ANSWER)
             .await?;
         let kept: Vec<String> = keep
             .iter()
@@ -217,7 +215,7 @@ impl Fleet {
         if old.is_empty() {
             return Ok(());
         }
-        host.run(&format!("rm -rf {}", old.join(" ")), COMMAND_LIMIT)
+        host.run(&format!("rm -rf {}", old.join(" ")), ANSWER)
             .await
             .map(|_| ())
     }

@@ -229,7 +229,11 @@ impl Runtimes {
         }
         match self.of(instance) {
             Ok(Some(chosen)) => Ok(chosen),
-            Ok(None) => unreachable!("only a remote container can lack its runtime"),
+            // Only a remote container lacks its runtime, and it was connected above.
+            Ok(None) => Err(RuntimeError::Docker(format!(
+                "instance {}: no runtime is connected for it",
+                instance.addr
+            ))),
             Err(why) => Err(RuntimeError::Docker(format!(
                 "instance {}: {why}",
                 instance.addr
@@ -304,6 +308,12 @@ impl Runtime for Runtimes {
             _ => logfile::tail(&instance.log, lines),
         }
     }
+}
+
+/// A lock around plain data: a panic while holding it cannot leave the
+/// data half-changed, so a poisoned lock is used as is.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::fleet::{self, Fleet, COMMAND_LIMIT, HOST_PORTS};
+use crate::fleet::{self, Fleet, HOST_PORTS};
 use crate::process::parse_stat;
-use crate::ssh::{quote, Host};
-use crate::{Handle, Instance, InstanceSpec, Runtime, RuntimeError};
+use crate::ssh::{quote, Host, ANSWER};
+use crate::{lock, Handle, Instance, InstanceSpec, Runtime, RuntimeError};
 
 /// How often each host is asked which of its instances still run.
 const POLL: Duration = Duration::from_millis(500);
@@ -45,12 +45,8 @@ impl RemoteRuntime {
     /// Starts watching `key`, and its host's poller if not running yet.
     fn watch(&self, key: Key) {
         let host = key.0.clone();
-        self.watched
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(key)
-            .or_insert(None);
-        let mut polled = self.polled.lock().unwrap_or_else(|e| e.into_inner());
+        lock(&self.watched).entry(key).or_insert(None);
+        let mut polled = lock(&self.polled);
         if !polled.insert(host.clone()) {
             return;
         }
@@ -104,7 +100,7 @@ impl Runtime for RemoteRuntime {
             workdir = quote(&workdir),
             log = quote(&log.to_string_lossy()),
         );
-        let out = host.run(&script, COMMAND_LIMIT).await?;
+        let out = host.run(&script, ANSWER).await?;
         let started = out.trim().split_once(' ').and_then(|(pid, stat)| {
             let pid: u32 = pid.parse().ok()?;
             let (_, ticks) = parse_stat(stat)?;
@@ -127,12 +123,7 @@ impl Runtime for RemoteRuntime {
 
     fn exited(&self, instance: &Instance) -> Option<String> {
         let key = key(instance)?;
-        let known = self
-            .watched
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-            .cloned();
+        let known = lock(&self.watched).get(&key).cloned();
         match known {
             Some(state) => state,
             None => {
@@ -158,7 +149,7 @@ impl Runtime for RemoteRuntime {
             .into_iter()
             .flatten()
         {
-            let mut watched = self.watched.lock().unwrap_or_else(|e| e.into_inner());
+            let mut watched = lock(&self.watched);
             watched.extend(states.into_iter().filter(|(_, gone)| gone.is_some()));
         }
     }
@@ -180,7 +171,7 @@ impl Runtime for RemoteRuntime {
              i=0; while alive && [ $i -lt {tenths} ]; do sleep 0.1; i=$((i+1)); done; \
              if alive; then kill -KILL -- -$pid 2>/dev/null || kill -KILL $pid; echo killed; fi"
         );
-        let out = host.run(&script, grace + COMMAND_LIMIT).await?;
+        let out = host.run(&script, grace + ANSWER).await?;
         if out.trim() == "killed" {
             tracing::warn!(
                 host = key.0,
@@ -188,10 +179,7 @@ impl Runtime for RemoteRuntime {
                 "instance ignored SIGTERM for {grace:?}: SIGKILL"
             );
         }
-        self.watched
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&key);
+        lock(&self.watched).remove(&key);
         Ok(())
     }
 
@@ -205,7 +193,7 @@ impl Runtime for RemoteRuntime {
         };
         let path = quote(&instance.log.to_string_lossy());
         let script = format!("tail -n {lines} {path} 2>/dev/null || true");
-        host.run(&script, COMMAND_LIMIT)
+        host.run(&script, ANSWER)
             .await
             .unwrap_or_else(|e| format!("(log unavailable: {e})"))
             .trim_end()
@@ -228,7 +216,7 @@ async fn check(host: &Host, keys: &[Key]) -> Option<HashMap<Key, Option<String>>
         .iter()
         .map(|(_, pid, _)| format!("echo \"{pid} $(cat /proc/{pid}/stat 2>/dev/null)\"; "))
         .collect();
-    let out = host.run(&script, COMMAND_LIMIT).await.ok()?;
+    let out = host.run(&script, ANSWER).await.ok()?;
     let mut stats: HashMap<u32, &str> = HashMap::new();
     for line in out.lines() {
         if let Some((pid, stat)) = line.split_once(' ') {
@@ -253,9 +241,7 @@ async fn check(host: &Host, keys: &[Key]) -> Option<HashMap<Key, Option<String>>
 async fn poll_exits(host: Arc<Host>, watched: Arc<Mutex<HashMap<Key, Option<String>>>>) {
     loop {
         tokio::time::sleep(POLL).await;
-        let running: Vec<Key> = watched
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        let running: Vec<Key> = lock(&watched)
             .iter()
             .filter(|(k, gone)| k.0 == host.name() && gone.is_none())
             .map(|(k, _)| k.clone())
@@ -267,7 +253,7 @@ async fn poll_exits(host: Arc<Host>, watched: Arc<Mutex<HashMap<Key, Option<Stri
         let Some(states) = check(&host, &running).await else {
             continue;
         };
-        let mut watched = watched.lock().unwrap_or_else(|e| e.into_inner());
+        let mut watched = lock(&watched);
         for (key, gone) in states {
             if let (Some(why), Some(slot)) = (gone, watched.get_mut(&key)) {
                 slot.get_or_insert(why);

@@ -18,14 +18,14 @@ use openssh::{KnownHosts, OwningCommand, Session, SessionBuilder, Stdio};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Mutex;
 
-use crate::RuntimeError;
+use crate::{lock, RuntimeError};
 
 /// Longest wait for a host to accept a connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest a connected host may take to answer a short command: generous,
 /// since a busy host (or a busy machine running baton) answers slowly, and
 /// a host that is cut off is caught by the connection's own probes anyway.
-const ANSWER: Duration = Duration::from_secs(15);
+pub(crate) const ANSWER: Duration = Duration::from_secs(15);
 /// How long a handed-out port is not handed out again.
 const PORT_QUARANTINE: Duration = Duration::from_secs(60);
 /// How often the connection is probed, so that a host cut off is noticed
@@ -127,7 +127,7 @@ impl Host {
             )
             .await?;
         let listening = listening_ports(&tables);
-        let mut recent = self.handed_out.lock().unwrap_or_else(|e| e.into_inner());
+        let mut recent = lock(&self.handed_out);
         while recent
             .front()
             .is_some_and(|(at, _)| at.elapsed() > PORT_QUARANTINE)

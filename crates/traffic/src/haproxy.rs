@@ -22,7 +22,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 use crate::backends::Balancer;
+use crate::files::{lock, write_atomically};
 use crate::{ServerReport, TrafficError, TrafficReport};
 
 /// Longest HAProxy may take to answer one command.
@@ -162,10 +163,6 @@ fn answers_by_class(stat: &str, backend: &str) -> BTreeMap<String, [u64; 5]> {
         .collect()
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -188,11 +185,6 @@ impl HaproxyBackend {
             pools: Mutex::default(),
             counted: Mutex::default(),
         }
-    }
-
-    /// What HAProxy reported last, beside what baton set.
-    pub(crate) fn report(&self) -> TrafficReport {
-        lock(&self.observed).clone()
     }
 
     /// Compares HAProxy's servers with what baton set, every [`WATCH`], and
@@ -328,125 +320,6 @@ impl HaproxyBackend {
         }
     }
 
-    /// Adds (or updates) `pool`'s servers with weight 0, after checking that
-    /// the backend exists and holds no server baton does not manage.
-    pub(crate) async fn stage(&self, pool: &Arc<Pool>) -> Result<(), TrafficError> {
-        let _one = self.changing.lock().await;
-        let servers = self.servers().await?;
-        let foreign: Vec<&str> = servers
-            .iter()
-            .map(|s| s.name.as_str())
-            .filter(|n| !n.starts_with(PREFIX))
-            .collect();
-        if !foreign.is_empty() {
-            return Err(self.error(format!(
-                "backend {} has servers baton does not manage ({}); give baton a backend of its own",
-                self.backend,
-                foreign.join(", ")
-            )));
-        }
-        self.ensure(pool, &servers, 0).await?;
-        self.verify(pool, |s| s.weight == 0 && !s.in_maint())
-            .await?;
-        self.save_state().await
-    }
-
-    /// The switch: `to` takes everything, `from` drains.
-    pub(crate) async fn switch(
-        &self,
-        to: &Arc<Pool>,
-        from: Option<&Arc<Pool>>,
-    ) -> Result<(), TrafficError> {
-        let _one = self.changing.lock().await;
-        let servers = self.servers().await?;
-        // After a restart or a reload of HAProxy, the servers may be gone.
-        self.ensure(to, &servers, FULL).await?;
-        if let Some(from) = from.filter(|f| f.color != to.color) {
-            self.set_state(from, "drain").await?;
-        }
-        self.verify(to, |s| s.weight == FULL && !s.draining() && !s.in_maint())
-            .await?;
-        self.save_state().await
-    }
-
-    /// The canary's proportion: `weight` of the requests to `candidate`,
-    /// the rest to `live`.
-    pub(crate) async fn split(
-        &self,
-        candidate: &Arc<Pool>,
-        live: &Arc<Pool>,
-        weight: Weight,
-    ) -> Result<(), TrafficError> {
-        let _one = self.changing.lock().await;
-        let (c, l) = weights(weight, candidate.targets().len(), live.targets().len());
-        self.set_weight(candidate, c).await?;
-        self.set_weight(live, l).await?;
-        self.verify(candidate, |s| s.weight == c).await?;
-        self.verify(live, |s| s.weight == l).await?;
-        self.save_state().await
-    }
-
-    /// Takes the candidate's share back: its servers drain.
-    pub(crate) async fn withdraw(
-        &self,
-        pool: &Arc<Pool>,
-        live: Option<&Arc<Pool>>,
-    ) -> Result<(), TrafficError> {
-        let _one = self.changing.lock().await;
-        self.set_state(pool, "drain").await?;
-        if let Some(live) = live {
-            self.set_weight(live, FULL).await?;
-        }
-        self.verify(pool, Server::draining).await?;
-        self.save_state().await
-    }
-
-    /// Removes `color`'s servers (in `maint` first, as HAProxy requires).
-    pub(crate) async fn unstage(&self, color: Color) -> Result<(), TrafficError> {
-        let _one = self.changing.lock().await;
-        let prefix = server_prefix(color);
-        lock(&self.intended).retain(|name, _| !name.starts_with(&prefix));
-        lock(&self.pools).retain(|name, _| !name.starts_with(&prefix));
-        lock(&self.counted).retain(|name, _| !name.starts_with(&prefix));
-        for server in self.servers().await? {
-            if !server.name.starts_with(&prefix) {
-                continue;
-            }
-            let name = format!("{}/{}", self.backend, server.name);
-            self.command(&format!("set server {name} state maint"))
-                .await?;
-            let answer = self.command(&format!("del server {name}")).await?;
-            if !answer.contains("Server deleted") {
-                return Err(self.error(format!("del server {name}: {}", answer.trim())));
-            }
-        }
-        self.save_state().await
-    }
-
-    /// Waits until HAProxy reports no session on `pool`'s servers.
-    pub(crate) async fn drain(&self, pool: &Pool, timeout: Duration) -> DrainReport {
-        let started = Instant::now();
-        let names: Vec<String> = (0..pool.targets().len())
-            .map(|i| server_name(pool.color, i))
-            .collect();
-        loop {
-            let open = match self.sessions(&names).await {
-                Ok(open) => open,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot count sessions while draining");
-                    usize::MAX
-                }
-            };
-            if open == 0 {
-                return report(false, 0, started);
-            }
-            if started.elapsed() >= timeout {
-                return report(true, open.min(u32::MAX as usize), started);
-            }
-            tokio::time::sleep(DRAIN_POLL).await;
-        }
-    }
-
     /// Adds the pool's servers that are missing, points the others at the
     /// pool's targets, and gives them all `weight`, ready for traffic.
     async fn ensure(
@@ -545,7 +418,7 @@ impl HaproxyBackend {
         let state = self
             .command(&format!("show servers state {}", self.backend))
             .await?;
-        write_atomically(file, &state)
+        write_atomically(file, state.as_bytes())
             .map_err(|e| self.error(format!("state_file {}: {e}", file.display())))
     }
 
@@ -577,37 +450,126 @@ impl HaproxyBackend {
     }
 }
 
+/// The steps of a deploy, each read back before it counts.
 #[async_trait::async_trait]
 impl Balancer for HaproxyBackend {
+    /// Adds (or updates) `pool`'s servers with weight 0, after checking that
+    /// the backend exists and holds no server baton does not manage.
     async fn stage(&self, pool: &Arc<Pool>) -> Result<(), TrafficError> {
-        HaproxyBackend::stage(self, pool).await
+        let _one = self.changing.lock().await;
+        let servers = self.servers().await?;
+        let foreign: Vec<&str> = servers
+            .iter()
+            .map(|s| s.name.as_str())
+            .filter(|n| !n.starts_with(PREFIX))
+            .collect();
+        if !foreign.is_empty() {
+            return Err(self.error(format!(
+                "backend {} has servers baton does not manage ({}); give baton a backend of its own",
+                self.backend,
+                foreign.join(", ")
+            )));
+        }
+        self.ensure(pool, &servers, 0).await?;
+        self.verify(pool, |s| s.weight == 0 && !s.in_maint())
+            .await?;
+        self.save_state().await
     }
+
+    /// The switch: `to` takes everything, `from` drains.
     async fn switch(&self, to: &Arc<Pool>, from: Option<&Arc<Pool>>) -> Result<(), TrafficError> {
-        HaproxyBackend::switch(self, to, from).await
+        let _one = self.changing.lock().await;
+        let servers = self.servers().await?;
+        // After a restart or a reload of HAProxy, the servers may be gone.
+        self.ensure(to, &servers, FULL).await?;
+        if let Some(from) = from.filter(|f| f.color != to.color) {
+            self.set_state(from, "drain").await?;
+        }
+        self.verify(to, |s| s.weight == FULL && !s.draining() && !s.in_maint())
+            .await?;
+        self.save_state().await
     }
+
+    /// The canary's proportion: `weight` of the requests to `candidate`,
+    /// the rest to `live`.
     async fn split(
         &self,
         candidate: &Arc<Pool>,
         live: &Arc<Pool>,
         weight: Weight,
     ) -> Result<(), TrafficError> {
-        HaproxyBackend::split(self, candidate, live, weight).await
+        let _one = self.changing.lock().await;
+        let (c, l) = weights(weight, candidate.targets().len(), live.targets().len());
+        self.set_weight(candidate, c).await?;
+        self.set_weight(live, l).await?;
+        self.verify(candidate, |s| s.weight == c).await?;
+        self.verify(live, |s| s.weight == l).await?;
+        self.save_state().await
     }
+
+    /// Takes the candidate's share back: its servers drain.
     async fn withdraw(
         &self,
-        candidate: &Arc<Pool>,
+        pool: &Arc<Pool>,
         live: Option<&Arc<Pool>>,
     ) -> Result<(), TrafficError> {
-        HaproxyBackend::withdraw(self, candidate, live).await
+        let _one = self.changing.lock().await;
+        self.set_state(pool, "drain").await?;
+        if let Some(live) = live {
+            self.set_weight(live, FULL).await?;
+        }
+        self.verify(pool, Server::draining).await?;
+        self.save_state().await
     }
+
+    /// Removes `color`'s servers (in `maint` first, as HAProxy requires).
     async fn unstage(&self, color: Color) -> Result<(), TrafficError> {
-        HaproxyBackend::unstage(self, color).await
+        let _one = self.changing.lock().await;
+        let prefix = server_prefix(color);
+        lock(&self.intended).retain(|name, _| !name.starts_with(&prefix));
+        lock(&self.pools).retain(|name, _| !name.starts_with(&prefix));
+        lock(&self.counted).retain(|name, _| !name.starts_with(&prefix));
+        for server in self.servers().await? {
+            if !server.name.starts_with(&prefix) {
+                continue;
+            }
+            let name = format!("{}/{}", self.backend, server.name);
+            self.command(&format!("set server {name} state maint"))
+                .await?;
+            let answer = self.command(&format!("del server {name}")).await?;
+            if !answer.contains("Server deleted") {
+                return Err(self.error(format!("del server {name}: {}", answer.trim())));
+            }
+        }
+        self.save_state().await
     }
+
+    /// Waits until HAProxy reports no session on `pool`'s servers.
     async fn drain(&self, pool: &Pool, timeout: Duration) -> DrainReport {
-        HaproxyBackend::drain(self, pool, timeout).await
+        let started = Instant::now();
+        let names: Vec<String> = (0..pool.targets().len())
+            .map(|i| server_name(pool.color, i))
+            .collect();
+        loop {
+            let open = match self.sessions(&names).await {
+                Ok(open) => open,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot count sessions while draining");
+                    usize::MAX
+                }
+            };
+            if open == 0 {
+                return report(false, 0, started);
+            }
+            if started.elapsed() >= timeout {
+                return report(true, open.min(u32::MAX as usize), started);
+            }
+            tokio::time::sleep(DRAIN_POLL).await;
+        }
     }
+
     fn report(&self) -> Option<TrafficReport> {
-        Some(HaproxyBackend::report(self))
+        Some(lock(&self.observed).clone())
     }
 }
 
@@ -659,16 +621,6 @@ fn report(timed_out: bool, abandoned: usize, started: Instant) -> DrainReport {
         abandoned,
         elapsed: started.elapsed(),
     }
-}
-
-fn write_atomically(file: &Path, text: &str) -> std::io::Result<()> {
-    let tmp = file.with_extension("baton-tmp");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        std::io::Write::write_all(&mut f, text.as_bytes())?;
-        f.sync_all()?;
-    }
-    std::fs::rename(tmp, file)
 }
 
 #[cfg(test)]

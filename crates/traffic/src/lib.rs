@@ -8,6 +8,7 @@
 
 mod backends;
 mod builtin;
+mod files;
 mod haproxy;
 mod nginx;
 

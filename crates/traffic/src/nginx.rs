@@ -19,6 +19,7 @@ use baton_core::Weight;
 use baton_proxy::{DrainReport, Pool};
 
 use crate::backends::Balancer;
+use crate::files::{lock, write_atomically};
 use crate::TrafficError;
 
 /// Longest nginx may take to start workers with a new config.
@@ -252,20 +253,6 @@ fn alive(pid: u32) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let state = stat.rfind(')').and_then(|i| stat.get(i + 2..i + 3));
     matches!(state, Some(s) if s != "Z" && s != "X")
-}
-
-fn write_atomically(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = file.with_extension("baton-tmp");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        std::io::Write::write_all(&mut f, bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(tmp, file)
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn error(message: String) -> TrafficError {
