@@ -20,7 +20,7 @@ pub(crate) struct Canary {
     steps: Option<Vec<RawStep>>,
     #[serde(default)]
     sticky: Option<String>,
-    #[serde(default, deserialize_with = "some_duration")]
+    #[serde(default, deserialize_with = "crate::duration::deserialize_opt")]
     deadline: Option<Duration>,
     #[serde(default)]
     analysis: Analysis,
@@ -39,13 +39,13 @@ struct RawStep {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct Analysis {
-    #[serde(default, deserialize_with = "some_duration")]
+    #[serde(default, deserialize_with = "crate::duration::deserialize_opt")]
     interval: Option<Duration>,
     #[serde(default)]
     min_requests: Option<u64>,
     #[serde(default)]
     max_error_rate: Option<f64>,
-    #[serde(default, deserialize_with = "some_duration")]
+    #[serde(default, deserialize_with = "crate::duration::deserialize_opt")]
     max_p99: Option<Duration>,
     #[serde(default)]
     max_p99_ratio: Option<f64>,
@@ -74,16 +74,12 @@ struct Prometheus {
 #[serde(deny_unknown_fields)]
 struct Webhook {
     url: String,
-    #[serde(default, deserialize_with = "some_duration")]
+    #[serde(default, deserialize_with = "crate::duration::deserialize_opt")]
     timeout: Option<Duration>,
 }
 
 /// A webhook's timeout when none is given.
 const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
-
-fn some_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    crate::duration::deserialize(d).map(Some)
-}
 
 /// `"30s"` or `"forever"`, so that a typo is an error with its line.
 fn pause<'de, D: Deserializer<'de>>(d: D) -> Result<Pause, D::Error> {

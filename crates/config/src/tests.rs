@@ -903,7 +903,35 @@ fn haproxy_traffic_parses_and_its_mistakes_name_the_key() {
             reload: vec!["nginx".into(), "-s".into(), "reload".into()],
             test: vec!["nginx".into(), "-t".into()],
             pid_file: "/run/nginx.pid".into(),
+            confirm: None,
+            location_file: None,
+            client_keepalive: Duration::ZERO,
         })
+    );
+    let nginx = web(
+        "traffic = \"nginx\"\n[services.web.nginx]\nupstream_file = \"u.conf\"\n\
+         location_file = \"l.conf\"\nclient_keepalive = \"75s\"\nconfirm = \"127.0.0.1:8099\"\n",
+    )
+    .unwrap();
+    let TrafficConfig::Nginx(n) = nginx.traffic else {
+        panic!("{:?}", nginx.traffic)
+    };
+    assert_eq!(n.location_file, Some("/etc/app/l.conf".into()));
+    assert_eq!(n.client_keepalive, Duration::from_secs(75));
+    assert_eq!(n.confirm, Some("127.0.0.1:8099".parse().unwrap()));
+    let e = web_error(
+        "traffic = \"nginx\"\n[services.web.nginx]\nupstream_file = \"u.conf\"\nconfirm = \"0.0.0.0:80\"",
+    );
+    assert!(
+        e.contains("services.web.nginx.confirm: \"0.0.0.0:80\" is not a loopback address"),
+        "{e}"
+    );
+    let e = web_error(
+        "traffic = \"nginx\"\n[services.web.nginx]\nupstream_file = \"u.conf\"\nclient_keepalive = \"5s\"",
+    );
+    assert!(
+        e.contains("services.web.nginx.client_keepalive: is rendered into location_file"),
+        "{e}"
     );
     let e = web_error(
         "traffic = \"nginx\"\n[services.web.nginx]\nupstream_file = \"w.conf\"\ntest = []",

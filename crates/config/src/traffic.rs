@@ -2,7 +2,9 @@
 //! balancer the user already runs (`[services.NAME.haproxy]`,
 //! `[services.NAME.nginx]`).
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -30,9 +32,19 @@ pub struct NginxConfig {
     pub reload: Vec<String>,
     /// How nginx checks its config before that.
     pub test: Vec<String>,
-    /// nginx's pid file: its workers tell when a reload took and when the
-    /// old ones are done.
+    /// nginx's pid file: its workers tell when the old ones are done.
     pub pid_file: PathBuf,
+    /// Where the server baton renders beside the upstream listens, so that
+    /// a request through nginx confirms each reload; `None`: a free
+    /// loopback port, picked when baton starts.
+    pub confirm: Option<SocketAddr>,
+    /// Where the proxying directives for the user's `location` are written,
+    /// if baton is to render them.
+    pub location_file: Option<PathBuf>,
+    /// nginx's keep-alive toward clients in that location (`keepalive_timeout`):
+    /// zero by default, as a reload closes idle client connections under
+    /// the requests clients are sending on them.
+    pub client_keepalive: Duration,
 }
 
 /// An HAProxy backend baton manages (`[services.NAME.haproxy]`).
@@ -66,6 +78,12 @@ pub(crate) struct Nginx {
     test: Option<Vec<String>>,
     #[serde(default)]
     pid_file: Option<PathBuf>,
+    #[serde(default)]
+    confirm: Option<String>,
+    #[serde(default)]
+    location_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "crate::duration::deserialize_opt")]
+    client_keepalive: Option<Duration>,
 }
 
 /// Validates `traffic` and its table.
@@ -98,11 +116,32 @@ pub(crate) fn traffic(
                 Some(argv) => Ok(argv),
                 None => Ok(default.iter().map(|s| s.to_string()).collect()),
             };
+            let confirm = match n.confirm {
+                None => None,
+                Some(text) => match text.parse::<SocketAddr>() {
+                    Ok(addr) if addr.ip().is_loopback() => Some(addr),
+                    _ => {
+                        return Err(at.err(
+                            key("nginx.confirm"),
+                            format!("{text:?} is not a loopback address and port (such as \"127.0.0.1:8099\")"),
+                        ))
+                    }
+                },
+            };
+            if n.client_keepalive.is_some() && n.location_file.is_none() {
+                return Err(at.err(
+                    key("nginx.client_keepalive"),
+                    "is rendered into location_file, which is not set",
+                ));
+            }
             Ok(TrafficConfig::Nginx(NginxConfig {
                 upstream_file: base.join(n.upstream_file),
                 reload: command("reload", n.reload, &["nginx", "-s", "reload"])?,
                 test: command("test", n.test, &["nginx", "-t"])?,
                 pid_file: base.join(n.pid_file.unwrap_or_else(|| "/run/nginx.pid".into())),
+                confirm,
+                location_file: n.location_file.map(|f| base.join(f)),
+                client_keepalive: n.client_keepalive.unwrap_or(Duration::ZERO),
             }))
         }
         ("haproxy", Some(h)) => {

@@ -59,8 +59,8 @@ pub struct Backends {
 }
 
 impl Backends {
-    /// Must run inside a tokio runtime: each HAProxy backend is watched
-    /// from a task of its own.
+    /// Must run inside a tokio runtime: each load balancer is watched from
+    /// a task of its own.
     pub fn new(builtin: Builtin, config: &Config) -> Self {
         let mut balancers: HashMap<String, Arc<dyn Balancer>> = HashMap::new();
         for s in config.services.values() {
@@ -72,7 +72,9 @@ impl Backends {
                     balancers.insert(s.name.clone(), backend);
                 }
                 TrafficConfig::Nginx(n) => {
-                    balancers.insert(s.name.clone(), Arc::new(NginxBackend::new(&s.name, n)));
+                    let backend = Arc::new(NginxBackend::new(&s.name, n, &s.health.path));
+                    tokio::spawn(backend.clone().watch());
+                    balancers.insert(s.name.clone(), backend);
                 }
             }
         }

@@ -33,7 +33,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 use crate::backends::Balancer;
-use crate::files::{lock, write_atomically};
+use crate::files::{lock, now_ms, write_atomically};
 use crate::{ServerReport, TrafficError, TrafficReport};
 
 /// Longest HAProxy may take to answer one command.
@@ -161,13 +161,6 @@ fn answers_by_class(stat: &str, backend: &str) -> BTreeMap<String, [u64; 5]> {
             Some((server.to_string(), std::array::from_fn(count)))
         })
         .collect()
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 impl HaproxyBackend {

@@ -1,15 +1,27 @@
 //! An nginx the user runs: baton renders the service's `upstream NAME {}`
 //! block into the file the user's config includes, has nginx test the
-//! whole config, reloads it, and confirms the reload took (nginx started
-//! workers with it). A config nginx refuses is put back as it was, so the
-//! running nginx never changes.
+//! whole config, reloads it, and confirms the reload with a request through
+//! nginx that the new config answers, from one of its servers. A config
+//! nginx refuses, or one that never answers, is put back as it was.
 //!
-//! nginx has no API to count a server's sessions; a reload leaves the old
-//! workers finishing the requests they hold, so the drain waits for those
-//! workers to exit.
+//! Beside the upstream, the file holds a small loopback-only server that
+//! proxies to it and says which config generation and which server
+//! answered: nginx has no API, so this is how baton sees what it runs,
+//! after a switch and every second after (`status`), restoring what it
+//! wrote if the two differ.
+//!
+//! A reload makes the old workers finish the requests they hold and close
+//! their idle client connections. That close races with requests clients
+//! are sending on those connections, so baton can also render the
+//! service's `location` directives with keep-alive toward clients off.
+//! The drain waits for the retired workers and ends those still there at
+//! `drain_timeout`, as `worker_shutdown_timeout` would.
+
+mod confirm;
+mod workers;
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,79 +31,251 @@ use baton_core::Weight;
 use baton_proxy::{DrainReport, Pool};
 
 use crate::backends::Balancer;
-use crate::files::{lock, write_atomically};
-use crate::TrafficError;
+use crate::files::{lock, now_ms, write_atomically};
+use crate::{ServerReport, TrafficError, TrafficReport};
 
-/// Longest nginx may take to start workers with a new config.
+/// Longest nginx may take to answer from a new config.
 const CONFIRM: Duration = Duration::from_secs(10);
-/// How often workers are looked at while waiting.
+/// How often nginx is asked while waiting.
 const POLL: Duration = Duration::from_millis(50);
+/// How often nginx is compared with what baton wrote.
+const WATCH: Duration = Duration::from_secs(1);
+
+/// What baton had nginx load: the upstream's servers with their weights,
+/// under a generation that tells this config from every other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Upstream {
+    servers: Vec<(SocketAddr, u64)>,
+    generation: u64,
+}
+
+impl Upstream {
+    fn new(servers: Vec<(SocketAddr, u64)>) -> Self {
+        // Microseconds: two reloads are always further apart.
+        let generation = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        Self {
+            servers,
+            generation,
+        }
+    }
+
+    fn serves(&self, addr: SocketAddr) -> bool {
+        self.servers.iter().any(|&(a, w)| a == addr && w > 0)
+    }
+}
 
 /// One service's upstream in an nginx.
 pub struct NginxBackend {
     service: String,
     cfg: NginxConfig,
-    /// One change at a time.
+    /// Where the confirming server listens.
+    confirm: SocketAddr,
+    /// What confirming requests ask for: the health check's path.
+    path: String,
+    /// One change at a time, and no look while one is under way.
     changing: tokio::sync::Mutex<()>,
-    /// The workers the last reload retired: a drain waits for them.
-    retired: Mutex<Vec<u32>>,
+    /// What nginx last confirmed it runs.
+    intended: Mutex<Option<Upstream>>,
+    /// Workers reloads retired, with their master: a drain waits for them.
+    retired: Mutex<Vec<(u32, u32)>>,
+    /// What nginx showed last, for `status`.
+    observed: Mutex<TrafficReport>,
 }
 
 impl NginxBackend {
-    pub fn new(service: &str, cfg: &NginxConfig) -> Self {
+    pub fn new(service: &str, cfg: &NginxConfig, health_path: &str) -> Self {
         Self {
             service: service.to_string(),
             cfg: cfg.clone(),
+            confirm: cfg.confirm.unwrap_or_else(free_loopback_port),
+            path: health_path.to_string(),
             changing: tokio::sync::Mutex::new(()),
+            intended: Mutex::new(None),
             retired: Mutex::new(Vec::new()),
+            observed: Mutex::new(TrafficReport {
+                backend: format!("nginx {service}"),
+                ..TrafficReport::default()
+            }),
+        }
+    }
+
+    /// Compares nginx with what baton wrote every second, for as long as
+    /// baton runs.
+    pub(crate) async fn watch(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(WATCH).await;
+            self.check().await;
         }
     }
 
     /// Puts `servers` (address and weight) in the upstream and has nginx
-    /// load it; on any failure the file is put back as it was.
-    async fn apply(&self, servers: &[(SocketAddr, u64)]) -> Result<(), TrafficError> {
+    /// run them.
+    async fn apply(&self, servers: Vec<(SocketAddr, u64)>) -> Result<(), TrafficError> {
         let _one = self.changing.lock().await;
-        let file = &self.cfg.upstream_file;
-        let before = std::fs::read(file).ok();
-        let text = render(&self.service, servers);
-        write_atomically(file, text.as_bytes())
-            .map_err(|e| error(format!("upstream_file {}: {e}", file.display())))?;
-        let outcome = self.load().await;
-        if outcome.is_err() {
-            let restored = match &before {
-                Some(old) => write_atomically(file, old),
-                None => std::fs::remove_file(file),
-            };
-            if let Err(e) = restored {
-                tracing::error!(file = %file.display(), error = %e, "cannot put the upstream file back");
-            }
+        self.load(Upstream::new(servers)).await
+    }
+
+    /// Writes the files for `upstream`, has nginx load them and confirms
+    /// it did; on any failure the files are put back as they were.
+    async fn load(&self, upstream: Upstream) -> Result<(), TrafficError> {
+        let files = self.render(&upstream);
+        let before: Vec<Option<Vec<u8>>> =
+            files.iter().map(|(f, _)| std::fs::read(f).ok()).collect();
+        let written = files.iter().try_for_each(|(file, text)| {
+            write_atomically(file, text.as_bytes())
+                .map_err(|e| error(format!("{}: {e}", file.display())))
+        });
+        let outcome = match written {
+            Ok(()) => self.reload(&upstream).await,
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(()) => *lock(&self.intended) = Some(upstream),
+            Err(_) => put_back(&files, before),
         }
         outcome
     }
 
-    /// Tests the config, reloads, and waits for workers started with it.
-    async fn load(&self) -> Result<(), TrafficError> {
+    /// The files baton owns, as `upstream` wants them.
+    fn render(&self, upstream: &Upstream) -> Vec<(PathBuf, String)> {
+        let mut files = vec![(
+            self.cfg.upstream_file.clone(),
+            render_upstream(&self.service, upstream, self.confirm),
+        )];
+        if let Some(location) = &self.cfg.location_file {
+            let text = render_location(&self.service, self.cfg.client_keepalive);
+            files.push((location.clone(), text));
+        }
+        files
+    }
+
+    /// Tests the config, reloads, and waits for the new config to answer.
+    async fn reload(&self, upstream: &Upstream) -> Result<(), TrafficError> {
         run(&self.cfg.test).await?;
-        let master = master_pid(&self.cfg.pid_file)?;
-        let old = workers(master);
+        let master = workers::master_pid(&self.cfg.pid_file)?;
+        let old = workers::workers(master);
         run(&self.cfg.reload).await?;
+        {
+            let mut retired = lock(&self.retired);
+            retired.retain(|&(m, pid)| workers::running(m, pid));
+            retired.extend(old.iter().map(|&pid| (master, pid)));
+        }
+        self.confirm(upstream, master, &old).await
+    }
+
+    /// Waits until every `old` worker stopped taking connections and the
+    /// config of `upstream`'s generation answers through nginx, from one of
+    /// its servers.
+    async fn confirm(
+        &self,
+        upstream: &Upstream,
+        master: u32,
+        old: &[u32],
+    ) -> Result<(), TrafficError> {
         let deadline = Instant::now() + CONFIRM;
-        // Taken once a worker runs the new config and every old one has
-        // stopped taking connections (nginx retitles them as it does).
-        let taken = || {
-            let started = workers(master).iter().any(|w| !old.contains(w));
-            started && old.iter().all(|&w| !alive(w) || shutting_down(w))
-        };
-        while !taken() {
+        while let Some(why) = self.not_yet(upstream, master, old).await {
             if Instant::now() >= deadline {
                 return Err(error(format!(
-                    "no worker started with the new config within {CONFIRM:?} (see nginx's error log)"
+                    "the new config did not answer {} within {CONFIRM:?}: {why} (see nginx's error log)",
+                    self.path
                 )));
             }
             tokio::time::sleep(POLL).await;
         }
-        *lock(&self.retired) = old;
         Ok(())
+    }
+
+    /// Why nginx does not run `upstream` yet, if it does not.
+    async fn not_yet(&self, upstream: &Upstream, master: u32, old: &[u32]) -> Option<String> {
+        let taking = old
+            .iter()
+            .filter(|&&pid| !workers::retiring(master, pid))
+            .count();
+        if taking > 0 {
+            return Some(format!("{taking} old worker(s) still take connections"));
+        }
+        match confirm::ask(self.confirm, &self.path).await {
+            Ok(a) if a.generation != Some(upstream.generation) => {
+                Some(format!("the old config answered ({})", a.status))
+            }
+            Ok(a) => match a.upstream {
+                Some(addr) if upstream.serves(addr) && (200..300).contains(&a.status) => None,
+                Some(addr) => Some(format!("{addr} answered {}", a.status)),
+                None => Some(format!("nginx answered {} itself", a.status)),
+            },
+            Err(e) => Some(e),
+        }
+    }
+
+    /// Compares nginx with what baton last had it load, and puts that back
+    /// if they differ (a hand edit, another config reloaded).
+    async fn check(&self) {
+        let _one = self.changing.lock().await;
+        let Some(intended) = lock(&self.intended).clone() else {
+            return;
+        };
+        let answer = confirm::ask(self.confirm, &self.path).await;
+        let mut found = self.differences(&intended, &answer);
+        // A stopped nginx loads the file when it starts: nothing to restore.
+        let running = workers::master_pid(&self.cfg.pid_file);
+        if running.is_ok() && !found.is_empty() {
+            let said = found.join("; ");
+            tracing::warn!(service = %self.service, "nginx differs from what baton wrote ({said}): restoring it");
+            let restored = match self.load(Upstream::new(intended.servers.clone())).await {
+                Ok(()) => {
+                    found.clear();
+                    format!("restored after: {said}")
+                }
+                Err(e) => format!("could not restore after: {said}: {e}"),
+            };
+            let mut observed = lock(&self.observed);
+            observed.restored = Some(restored);
+            observed.restored_at = Some(now_ms());
+        }
+        let mut observed = lock(&self.observed);
+        observed.error = running.err().map(|e| e.to_string());
+        observed.differences = found;
+        observed.servers = on_disk(&self.cfg.upstream_file)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(addr, weight)| ServerReport {
+                name: addr.to_string(),
+                addr: addr.to_string(),
+                weight: weight as u32,
+                state: "ready".into(),
+                intended_weight: intended
+                    .servers
+                    .iter()
+                    .find(|(a, _)| *a == addr)
+                    .map(|(_, w)| *w as u32),
+            })
+            .collect();
+    }
+
+    /// Where the upstream file, and the config nginx answers from, differ
+    /// from `intended`.
+    fn differences(
+        &self,
+        intended: &Upstream,
+        answer: &Result<confirm::Answer, String>,
+    ) -> Vec<String> {
+        let mut found = match on_disk(&self.cfg.upstream_file) {
+            Ok(servers) => server_differences(&intended.servers, &servers),
+            Err(e) => vec![e],
+        };
+        match answer.as_ref().map(|a| a.generation) {
+            Ok(Some(g)) if g == intended.generation => {}
+            Ok(Some(g)) => found.push(format!(
+                "nginx runs config generation {g}, baton's is {}",
+                intended.generation
+            )),
+            Ok(None) => found.push("nginx answers without baton's generation".into()),
+            Err(e) => found.push(format!("no answer from baton's confirming server: {e}")),
+        }
+        found
     }
 }
 
@@ -103,7 +287,7 @@ impl Balancer for NginxBackend {
     }
 
     async fn switch(&self, to: &Arc<Pool>, _from: Option<&Arc<Pool>>) -> Result<(), TrafficError> {
-        self.apply(&servers(to, 1)).await
+        self.apply(servers(to, 1)).await
     }
 
     async fn split(
@@ -117,7 +301,7 @@ impl Balancer for NginxBackend {
         if c > 0 {
             all.extend(servers(candidate, c));
         }
-        self.apply(&all).await
+        self.apply(all).await
     }
 
     async fn withdraw(
@@ -126,7 +310,7 @@ impl Balancer for NginxBackend {
         live: Option<&Arc<Pool>>,
     ) -> Result<(), TrafficError> {
         match live {
-            Some(live) => self.apply(&servers(live, 1)).await,
+            Some(live) => self.apply(servers(live, 1)).await,
             None => Ok(()),
         }
     }
@@ -136,22 +320,35 @@ impl Balancer for NginxBackend {
         Ok(())
     }
 
-    /// Waits for the workers the last reload retired to exit.
+    /// Waits for the workers reloads retired to exit; those still there
+    /// at `timeout` are ended, with the connections they hold. `abandoned`
+    /// counts workers.
     async fn drain(&self, _pool: &Pool, timeout: Duration) -> DrainReport {
         let started = Instant::now();
-        let retired = lock(&self.retired).clone();
         loop {
-            let left = retired.iter().filter(|&&pid| alive(pid)).count();
-            if left == 0 || started.elapsed() >= timeout {
+            let left: Vec<(u32, u32)> = lock(&self.retired)
+                .iter()
+                .copied()
+                .filter(|&(master, pid)| workers::running(master, pid))
+                .collect();
+            let timed_out = started.elapsed() >= timeout;
+            if left.is_empty() || timed_out {
+                for &(master, pid) in &left {
+                    workers::end(master, pid);
+                }
                 return DrainReport {
-                    timed_out: left > 0,
+                    timed_out: !left.is_empty(),
                     closed_upgraded: 0,
-                    abandoned: left,
+                    abandoned: left.len(),
                     elapsed: started.elapsed(),
                 };
             }
             tokio::time::sleep(POLL).await;
         }
+    }
+
+    fn report(&self) -> Option<TrafficReport> {
+        Some(lock(&self.observed).clone())
     }
 }
 
@@ -178,18 +375,105 @@ fn gcd(a: u64, b: u64) -> u64 {
     }
 }
 
-/// The upstream block. nginx's own failure counting is off (`max_fails=0`):
-/// baton's health checks are the one gate.
-fn render(service: &str, servers: &[(SocketAddr, u64)]) -> String {
+/// The upstream block, and the confirming server beside it. nginx's own
+/// failure counting is off (`max_fails=0`): baton's health checks are the
+/// one gate.
+fn render_upstream(service: &str, upstream: &Upstream, confirm: SocketAddr) -> String {
     let mut text = format!(
         "# Written by baton for service {service} at every switch: edits here are overwritten.\n\
          upstream {service} {{\n"
     );
-    for (addr, weight) in servers.iter().filter(|(_, w)| *w > 0) {
+    for (addr, weight) in upstream.servers.iter().filter(|(_, w)| *w > 0) {
         text.push_str(&format!("    server {addr} weight={weight} max_fails=0;\n"));
     }
     text.push_str("    keepalive 32;\n}\n");
+    text.push_str(&format!(
+        "\n# How baton confirms that nginx runs this file: it asks here, through the\n\
+         # upstream above, and reads which config and which server answered.\n\
+         server {{\n    listen {confirm};\n    access_log off;\n    location / {{\n\
+         \x20       proxy_pass http://{service};\n        proxy_http_version 1.1;\n\
+         \x20       proxy_set_header Connection \"\";\n\
+         \x20       add_header X-Baton-Generation {generation} always;\n\
+         \x20       add_header X-Baton-Upstream $upstream_addr always;\n    }}\n}}\n",
+        generation = upstream.generation,
+    ));
     text
+}
+
+/// The directives for the user's `location` that serves the service.
+fn render_location(service: &str, client_keepalive: Duration) -> String {
+    format!(
+        "# Written by baton for service {service}: include it in the location that serves it.\n\
+         proxy_pass http://{service};\n\
+         proxy_http_version 1.1;\n\
+         # A reload closes idle client connections under the requests clients send on them.\n\
+         keepalive_timeout {}s;\n",
+        client_keepalive.as_secs()
+    )
+}
+
+/// The upstream's servers and weights in the file as it is now.
+fn on_disk(file: &std::path::Path) -> Result<Vec<(SocketAddr, u64)>, String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("upstream_file {}: {e}", file.display()))?;
+    let servers = text
+        .lines()
+        .filter_map(|line| line.split('#').next())
+        .flat_map(|line| line.split([';', '{', '}']))
+        .filter_map(|statement| {
+            let mut words = statement.trim().strip_prefix("server ")?.split_whitespace();
+            let addr = words.next()?.parse().ok()?;
+            let weight = words
+                .find_map(|w| w.strip_prefix("weight="))
+                .and_then(|w| w.parse().ok())
+                .unwrap_or(1);
+            Some((addr, weight))
+        })
+        .collect();
+    Ok(servers)
+}
+
+/// Each server whose weight in `found` is not the one in `intended`.
+fn server_differences(intended: &[(SocketAddr, u64)], found: &[(SocketAddr, u64)]) -> Vec<String> {
+    let weight_in = |list: &[(SocketAddr, u64)], addr| {
+        list.iter()
+            .find(|(a, _)| *a == addr)
+            .map(|(_, w)| *w)
+            .unwrap_or(0)
+    };
+    let mut addrs: Vec<SocketAddr> = intended.iter().chain(found).map(|(a, _)| *a).collect();
+    addrs.sort();
+    addrs.dedup();
+    addrs
+        .into_iter()
+        .filter_map(|addr| {
+            let (want, have) = (weight_in(intended, addr), weight_in(found, addr));
+            (want != have).then(|| {
+                format!("upstream_file: server {addr} has weight {have}, baton set {want}")
+            })
+        })
+        .collect()
+}
+
+/// Puts each file back as it was before (removing one that was not there).
+fn put_back(files: &[(PathBuf, String)], before: Vec<Option<Vec<u8>>>) {
+    for ((file, _), old) in files.iter().zip(before) {
+        let restored = match old {
+            Some(old) => write_atomically(file, &old),
+            None => std::fs::remove_file(file),
+        };
+        if let Err(e) = restored {
+            tracing::error!(file = %file.display(), error = %e, "cannot put the file back");
+        }
+    }
+}
+
+/// A loopback port free now, for the confirming server.
+fn free_loopback_port() -> SocketAddr {
+    let fallback = SocketAddr::from(([127, 0, 0, 1], 0));
+    std::net::TcpListener::bind(fallback)
+        .and_then(|l| l.local_addr())
+        .unwrap_or(fallback)
 }
 
 /// Runs one of the configured commands; nginx's first words on failure.
@@ -213,48 +497,6 @@ async fn run(argv: &[String]) -> Result<(), TrafficError> {
     Err(error(format!("`{shown}` failed: {}", said.trim())))
 }
 
-/// nginx's master process, from its pid file.
-fn master_pid(file: &Path) -> Result<u32, TrafficError> {
-    std::fs::read_to_string(file)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .ok_or_else(|| {
-            error(format!(
-                "no running nginx: cannot read its pid from {}",
-                file.display()
-            ))
-        })
-}
-
-/// The children of `master` (its workers), from /proc.
-fn workers(master: u32) -> Vec<u32> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            // After the command name: state, then the parent's pid.
-            let after = stat.rfind(')').and_then(|i| stat.get(i + 2..));
-            after.and_then(|a| a.split(' ').nth(1)) == Some(master.to_string().as_str())
-        })
-        .collect()
-}
-
-/// True once nginx retitled worker `pid` for its graceful exit.
-fn shutting_down(pid: u32) -> bool {
-    let title = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    String::from_utf8_lossy(&title).contains("shutting down")
-}
-
-/// True while `pid` runs (a zombie is done).
-fn alive(pid: u32) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let state = stat.rfind(')').and_then(|i| stat.get(i + 2..i + 3));
-    matches!(state, Some(s) if s != "Z" && s != "X")
-}
-
 fn error(message: String) -> TrafficError {
     TrafficError::Nginx(message)
 }
@@ -276,8 +518,43 @@ mod tests {
     fn the_upstream_names_the_service_and_leaves_zero_weights_out() {
         let a: SocketAddr = "127.0.0.1:4000".parse().unwrap();
         let b: SocketAddr = "127.0.0.1:4001".parse().unwrap();
-        let text = render("web", &[(a, 19), (b, 0)]);
+        let upstream = Upstream {
+            servers: vec![(a, 19), (b, 0)],
+            generation: 7,
+        };
+        let text = render_upstream("web", &upstream, "127.0.0.1:8099".parse().unwrap());
         assert!(text.contains("upstream web {\n    server 127.0.0.1:4000 weight=19 max_fails=0;\n    keepalive 32;\n}"), "{text}");
         assert!(!text.contains("4001"), "{text}");
+        assert!(text.contains("listen 127.0.0.1:8099;"), "{text}");
+        assert!(
+            text.contains("add_header X-Baton-Generation 7 always;"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn what_is_on_disk_is_compared_server_by_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("web.conf");
+        let a: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:4001".parse().unwrap();
+        let upstream = Upstream {
+            servers: vec![(a, 1), (b, 19)],
+            generation: 7,
+        };
+        std::fs::write(&file, render_upstream("web", &upstream, a)).unwrap();
+        let found = on_disk(&file).unwrap();
+        assert_eq!(found, upstream.servers);
+        assert!(server_differences(&upstream.servers, &found).is_empty());
+        std::fs::write(
+            &file,
+            "upstream web { server 127.0.0.1:4000; } # server 1.2.3.4:5;\n",
+        )
+        .unwrap();
+        let edited = server_differences(&upstream.servers, &on_disk(&file).unwrap());
+        assert_eq!(
+            edited,
+            ["upstream_file: server 127.0.0.1:4001 has weight 0, baton set 19"]
+        );
     }
 }

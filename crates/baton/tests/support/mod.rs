@@ -445,6 +445,31 @@ pub async fn measure_deploys_under_load(
     service: &str,
     versions: &[&str],
 ) -> UnderLoad {
+    measure_switches_under_load(url, versions, |version: String| async move {
+        cli_async(b, &["deploy", service, &version]).await;
+        for _ in 0..20 {
+            let (status, body) = baton_loadgen::get_once(url, None).await.unwrap();
+            assert_eq!(
+                (status, body.trim()),
+                (200, format!("version={version}").as_str()),
+                "right after the deploy"
+            );
+        }
+    })
+    .await
+}
+
+/// The same scenario with any way of moving to each version (`switch`), so
+/// that baton and the scripts it replaces are measured alike.
+pub async fn measure_switches_under_load<F, Fut>(
+    url: &str,
+    versions: &[&str],
+    mut switch: F,
+) -> UnderLoad
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let load = |method: hyper::Method| {
         let mut cfg = baton_loadgen::LoadConfig::new(url.to_string());
         cfg.connections = 32;
@@ -457,21 +482,12 @@ pub async fn measure_deploys_under_load(
 
     let started = Instant::now();
     let mut failed_after = Vec::new();
-    for (i, version) in versions.iter().enumerate() {
-        cli_async(b, &["deploy", service, version]).await;
-        for _ in 0..20 {
-            let (status, body) = baton_loadgen::get_once(url, None).await.unwrap();
-            assert_eq!(
-                (status, body.trim()),
-                (200, format!("version={version}").as_str()),
-                "after deploy {}",
-                i + 1
-            );
-        }
+    for version in versions {
+        switch(version.to_string()).await;
         failed_after.push(gets.snapshot().failed() + posts.snapshot().failed());
     }
     eprintln!(
-        "{} deploys under load in {:.1?}",
+        "{} switches under load in {:.1?}",
         versions.len(),
         started.elapsed()
     );
