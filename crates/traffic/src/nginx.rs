@@ -18,6 +18,7 @@
 //! `drain_timeout`, as `worker_shutdown_timeout` would.
 
 mod confirm;
+mod rendered;
 mod workers;
 
 use std::net::SocketAddr;
@@ -34,38 +35,14 @@ use crate::backends::Balancer;
 use crate::files::{lock, now_ms, write_atomically};
 use crate::{ServerReport, TrafficError, TrafficReport};
 
+use rendered::{on_disk, render_location, render_upstream, server_differences, Upstream};
+
 /// Longest nginx may take to answer from a new config.
 const CONFIRM: Duration = Duration::from_secs(10);
 /// How often nginx is asked while waiting.
 const POLL: Duration = Duration::from_millis(50);
 /// How often nginx is compared with what baton wrote.
 const WATCH: Duration = Duration::from_secs(1);
-
-/// What baton had nginx load: the upstream's servers with their weights,
-/// under a generation that tells this config from every other.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Upstream {
-    servers: Vec<(SocketAddr, u64)>,
-    generation: u64,
-}
-
-impl Upstream {
-    fn new(servers: Vec<(SocketAddr, u64)>) -> Self {
-        // Microseconds: two reloads are always further apart.
-        let generation = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or(0);
-        Self {
-            servers,
-            generation,
-        }
-    }
-
-    fn serves(&self, addr: SocketAddr) -> bool {
-        self.servers.iter().any(|&(a, w)| a == addr && w > 0)
-    }
-}
 
 /// One service's upstream in an nginx.
 pub struct NginxBackend {
@@ -375,86 +352,6 @@ fn gcd(a: u64, b: u64) -> u64 {
     }
 }
 
-/// The upstream block, and the confirming server beside it. nginx's own
-/// failure counting is off (`max_fails=0`): baton's health checks are the
-/// one gate.
-fn render_upstream(service: &str, upstream: &Upstream, confirm: SocketAddr) -> String {
-    let mut text = format!(
-        "# Written by baton for service {service} at every switch: edits here are overwritten.\n\
-         upstream {service} {{\n"
-    );
-    for (addr, weight) in upstream.servers.iter().filter(|(_, w)| *w > 0) {
-        text.push_str(&format!("    server {addr} weight={weight} max_fails=0;\n"));
-    }
-    text.push_str("    keepalive 32;\n}\n");
-    text.push_str(&format!(
-        "\n# How baton confirms that nginx runs this file: it asks here, through the\n\
-         # upstream above, and reads which config and which server answered.\n\
-         server {{\n    listen {confirm};\n    access_log off;\n    location / {{\n\
-         \x20       proxy_pass http://{service};\n        proxy_http_version 1.1;\n\
-         \x20       proxy_set_header Connection \"\";\n\
-         \x20       add_header X-Baton-Generation {generation} always;\n\
-         \x20       add_header X-Baton-Upstream $upstream_addr always;\n    }}\n}}\n",
-        generation = upstream.generation,
-    ));
-    text
-}
-
-/// The directives for the user's `location` that serves the service.
-fn render_location(service: &str, client_keepalive: Duration) -> String {
-    format!(
-        "# Written by baton for service {service}: include it in the location that serves it.\n\
-         proxy_pass http://{service};\n\
-         proxy_http_version 1.1;\n\
-         # A reload closes idle client connections under the requests clients send on them.\n\
-         keepalive_timeout {}s;\n",
-        client_keepalive.as_secs()
-    )
-}
-
-/// The upstream's servers and weights in the file as it is now.
-fn on_disk(file: &std::path::Path) -> Result<Vec<(SocketAddr, u64)>, String> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| format!("upstream_file {}: {e}", file.display()))?;
-    let servers = text
-        .lines()
-        .filter_map(|line| line.split('#').next())
-        .flat_map(|line| line.split([';', '{', '}']))
-        .filter_map(|statement| {
-            let mut words = statement.trim().strip_prefix("server ")?.split_whitespace();
-            let addr = words.next()?.parse().ok()?;
-            let weight = words
-                .find_map(|w| w.strip_prefix("weight="))
-                .and_then(|w| w.parse().ok())
-                .unwrap_or(1);
-            Some((addr, weight))
-        })
-        .collect();
-    Ok(servers)
-}
-
-/// Each server whose weight in `found` is not the one in `intended`.
-fn server_differences(intended: &[(SocketAddr, u64)], found: &[(SocketAddr, u64)]) -> Vec<String> {
-    let weight_in = |list: &[(SocketAddr, u64)], addr| {
-        list.iter()
-            .find(|(a, _)| *a == addr)
-            .map(|(_, w)| *w)
-            .unwrap_or(0)
-    };
-    let mut addrs: Vec<SocketAddr> = intended.iter().chain(found).map(|(a, _)| *a).collect();
-    addrs.sort();
-    addrs.dedup();
-    addrs
-        .into_iter()
-        .filter_map(|addr| {
-            let (want, have) = (weight_in(intended, addr), weight_in(found, addr));
-            (want != have).then(|| {
-                format!("upstream_file: server {addr} has weight {have}, baton set {want}")
-            })
-        })
-        .collect()
-}
-
 /// Puts each file back as it was before (removing one that was not there).
 fn put_back(files: &[(PathBuf, String)], before: Vec<Option<Vec<u8>>>) {
     for ((file, _), old) in files.iter().zip(before) {
@@ -512,49 +409,5 @@ mod tests {
         assert_eq!(weights(w(50.0), 2, 2), (1, 1));
         assert_eq!(weights(w(25.0), 2, 1), (1, 6));
         assert_eq!(weights(Weight::FULL, 1, 1), (1, 0));
-    }
-
-    #[test]
-    fn the_upstream_names_the_service_and_leaves_zero_weights_out() {
-        let a: SocketAddr = "127.0.0.1:4000".parse().unwrap();
-        let b: SocketAddr = "127.0.0.1:4001".parse().unwrap();
-        let upstream = Upstream {
-            servers: vec![(a, 19), (b, 0)],
-            generation: 7,
-        };
-        let text = render_upstream("web", &upstream, "127.0.0.1:8099".parse().unwrap());
-        assert!(text.contains("upstream web {\n    server 127.0.0.1:4000 weight=19 max_fails=0;\n    keepalive 32;\n}"), "{text}");
-        assert!(!text.contains("4001"), "{text}");
-        assert!(text.contains("listen 127.0.0.1:8099;"), "{text}");
-        assert!(
-            text.contains("add_header X-Baton-Generation 7 always;"),
-            "{text}"
-        );
-    }
-
-    #[test]
-    fn what_is_on_disk_is_compared_server_by_server() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("web.conf");
-        let a: SocketAddr = "127.0.0.1:4000".parse().unwrap();
-        let b: SocketAddr = "127.0.0.1:4001".parse().unwrap();
-        let upstream = Upstream {
-            servers: vec![(a, 1), (b, 19)],
-            generation: 7,
-        };
-        std::fs::write(&file, render_upstream("web", &upstream, a)).unwrap();
-        let found = on_disk(&file).unwrap();
-        assert_eq!(found, upstream.servers);
-        assert!(server_differences(&upstream.servers, &found).is_empty());
-        std::fs::write(
-            &file,
-            "upstream web { server 127.0.0.1:4000; } # server 1.2.3.4:5;\n",
-        )
-        .unwrap();
-        let edited = server_differences(&upstream.servers, &on_disk(&file).unwrap());
-        assert_eq!(
-            edited,
-            ["upstream_file: server 127.0.0.1:4001 has weight 0, baton set 19"]
-        );
     }
 }
