@@ -48,6 +48,11 @@ impl Nginx {
             ),
         )
         .unwrap();
+        Self::run(dir, port)
+    }
+
+    /// Starts nginx on the config already in `dir`.
+    fn run(dir: &Path, port: u16) -> Self {
         let child = Command::new("nginx")
             .args(nginx_args(dir))
             .args(["-g", "daemon off;"])
@@ -65,6 +70,14 @@ impl Nginx {
             n.dir.join("nginx.pid").exists()
         });
         n
+    }
+
+    /// Stops nginx and starts it again, as an operator's restart does.
+    fn restart(self, while_stopped: impl FnOnce()) -> Self {
+        let (dir, port) = (self.dir.clone(), self.port);
+        drop(self);
+        while_stopped();
+        Self::run(&dir, port)
     }
 
     fn url(&self) -> String {
@@ -366,6 +379,48 @@ fn nginx_is_watched_and_what_baton_wrote_is_put_back() {
     );
     let upstream = read(&n.dir.join("web.conf"));
     assert!(!upstream.contains("127.0.0.1:9;"), "{upstream}");
+}
+
+#[test]
+fn a_stopped_nginx_is_reported_and_finds_baton_s_upstream_when_it_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = Nginx::start(dir.path(), OWN_LOCATION);
+    let mut b = nginx_baton(&n, "", QUICK_SWITCH);
+    b.start();
+    b.ok(&["deploy", "web", "v1"]);
+    let upstream_file = n.dir.join("web.conf");
+    let written = read(&upstream_file);
+
+    let n = n.restart(|| {
+        wait_until(
+            "status reports nginx stopped",
+            Duration::from_secs(10),
+            || {
+                let report = &b.status("web")["traffic"];
+                report["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("nginx is not running"))
+            },
+        );
+        // Nothing is rewritten or reloaded while it is down.
+        assert_eq!(read(&upstream_file), written);
+    });
+    wait_until(
+        "nginx serves v1 again, as baton set it",
+        Duration::from_secs(10),
+        || {
+            let report = &b.status("web")["traffic"];
+            report["error"].is_null()
+                && report["differences"]
+                    .as_array()
+                    .is_some_and(|d| d.is_empty())
+                && get(&n.url()).1.trim() == "version=v1"
+        },
+    );
+    assert!(
+        b.status("web")["traffic"]["restored"].is_null(),
+        "nothing needed restoring"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
