@@ -245,7 +245,10 @@ impl Host {
     async fn connection(&self) -> Result<Connection, RuntimeError> {
         let mut slot = self.connection.lock().await;
         if let Some(c) = slot.as_ref() {
-            if c.session.check().await.is_ok() {
+            // Connecting to the master's control socket tells what `ssh -O
+            // check` would, without a process per command.
+            let socket = c.session.control_socket();
+            if tokio::net::UnixStream::connect(socket).await.is_ok() {
                 return Ok(c.clone());
             }
         }
