@@ -189,6 +189,17 @@ async fn two_hosts_serve_each_color_and_deploys_lose_nothing() {
         .count();
     assert_eq!(present, 2, "{events:?}");
     assert!(!events.iter().any(|e| e["sent"].is_u64()), "{events:?}");
+
+    // Eleven deploys and the exit watcher's questions went over one
+    // connection per host.
+    let log = b.serve_log();
+    for host in &hosts.hosts {
+        let connected = log
+            .lines()
+            .filter(|l| l.contains("ssh") && l.contains(" connected ") && l.contains(&host.name))
+            .count();
+        assert_eq!(connected, 1, "{}: {log}", host.name);
+    }
 }
 
 #[test]

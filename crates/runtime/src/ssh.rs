@@ -264,6 +264,7 @@ impl Host {
             generation,
             ip,
         };
+        tracing::info!(host = %self.config.name, generation, %ip, "connected");
         *slot = Some(connection.clone());
         Ok(connection)
     }
