@@ -200,6 +200,26 @@ async fn two_hosts_serve_each_color_and_deploys_lose_nothing() {
             .count();
         assert_eq!(connected, 1, "{}: {log}", host.name);
     }
+
+    // app1's connection dies (its ssh master is killed): the next command
+    // notices and connects anew, and the deploy goes through.
+    let master = Command::new("pkill")
+        .args([
+            "-KILL",
+            "-f",
+            &format!("ssh.* -M .*{}", hosts.hosts[0].address),
+        ])
+        .status()
+        .unwrap();
+    assert!(master.success(), "app1's ssh master was found and killed");
+    let (code, events) = deploy_json(&b, "v10");
+    assert_eq!(code, 0, "{events:?}\n{}", b.serve_log());
+    let again = b
+        .serve_log()
+        .lines()
+        .filter(|l| l.contains("ssh") && l.contains(" connected ") && l.contains("app1"))
+        .count();
+    assert_eq!(again, 2, "{}", b.serve_log());
 }
 
 #[test]
