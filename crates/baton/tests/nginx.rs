@@ -179,6 +179,22 @@ fn nginx_baton(n: &Nginx, nginx_keys: &str, switch_keys: &str) -> Baton {
     ))
 }
 
+/// A test's nginx proxying `location`, and baton driving it (`nginx_keys`,
+/// `switch_keys` as for [`nginx_baton`]) with v1 deployed. Dropped in
+/// reverse: baton, nginx, then their directory.
+fn nginx_with_v1(
+    location: &str,
+    nginx_keys: &str,
+    switch_keys: &str,
+) -> (tempfile::TempDir, Nginx, Baton) {
+    let dir = tempfile::tempdir().unwrap();
+    let n = Nginx::start(dir.path(), location);
+    let mut b = nginx_baton(&n, nginx_keys, switch_keys);
+    b.start();
+    b.ok(&["deploy", "web", "v1"]);
+    (dir, n, b)
+}
+
 const QUICK_SWITCH: &str = "drain_timeout = \"5s\"\nkeep_previous = \"1s\"";
 
 fn versions(from: u32, to: u32) -> Vec<String> {
@@ -187,11 +203,11 @@ fn versions(from: u32, to: u32) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn switches_through_nginx_lose_nothing_with_the_location_baton_renders() {
-    let dir = tempfile::tempdir().unwrap();
-    let n = Nginx::start(dir.path(), RENDERED_LOCATION);
-    let mut b = nginx_baton(&n, "location_file = \"DIR/location.conf\"", QUICK_SWITCH);
-    b.start();
-    b.ok(&["deploy", "web", "v1"]);
+    let (_dir, n, b) = nginx_with_v1(
+        RENDERED_LOCATION,
+        "location_file = \"DIR/location.conf\"",
+        QUICK_SWITCH,
+    );
     let location = read(&n.dir.join("location.conf"));
     assert!(location.contains("keepalive_timeout 0s;"), "{location}");
     let (_, body) = baton_loadgen::get_once(&n.url(), None).await.unwrap();
@@ -228,8 +244,8 @@ async fn switches_through_nginx_lose_nothing_with_the_location_baton_renders() {
 }
 
 /// The figures the README quotes: what nginx loses with keep-alive toward
-/// clients, through baton's switch and through the write-ups' script that
-/// rewrites `proxy_pass` and reloads, measured in the same run.
+/// clients, through baton's switch and through a script that rewrites the
+/// upstream and reloads, measured in the same run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn what_nginx_loses_with_client_keep_alive_is_measured_beside_the_scripts() {
     let versions = versions(2, 21);
@@ -251,11 +267,7 @@ async fn what_nginx_loses_with_client_keep_alive_is_measured_beside_the_scripts(
     .await;
     drop(script);
 
-    let dir = tempfile::tempdir().unwrap();
-    let n = Nginx::start(dir.path(), OWN_LOCATION);
-    let mut b = nginx_baton(&n, "", QUICK_SWITCH);
-    b.start();
-    b.ok(&["deploy", "web", "v1"]);
+    let (_dir, n, b) = nginx_with_v1(OWN_LOCATION, "", QUICK_SWITCH);
     let baton = measure_deploys_under_load(&b, &n.url(), "web", &versions).await;
 
     let total = |run: &UnderLoad| run.stats.iter().map(|s| s.sent).sum::<u64>();
@@ -353,11 +365,7 @@ impl RewriteAndReload {
 
 #[test]
 fn nginx_is_watched_and_what_baton_wrote_is_put_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let n = Nginx::start(dir.path(), OWN_LOCATION);
-    let mut b = nginx_baton(&n, "", QUICK_SWITCH);
-    b.start();
-    b.ok(&["deploy", "web", "v1"]);
+    let (_dir, n, b) = nginx_with_v1(OWN_LOCATION, "", QUICK_SWITCH);
 
     // Someone points the upstream elsewhere by hand and reloads.
     std::fs::write(
@@ -383,11 +391,7 @@ fn nginx_is_watched_and_what_baton_wrote_is_put_back() {
 
 #[test]
 fn a_stopped_nginx_is_reported_and_finds_baton_s_upstream_when_it_starts() {
-    let dir = tempfile::tempdir().unwrap();
-    let n = Nginx::start(dir.path(), OWN_LOCATION);
-    let mut b = nginx_baton(&n, "", QUICK_SWITCH);
-    b.start();
-    b.ok(&["deploy", "web", "v1"]);
+    let (_dir, n, b) = nginx_with_v1(OWN_LOCATION, "", QUICK_SWITCH);
     let upstream_file = n.dir.join("web.conf");
     let written = read(&upstream_file);
 
@@ -425,13 +429,13 @@ fn a_stopped_nginx_is_reported_and_finds_baton_s_upstream_when_it_starts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_drain_ends_the_workers_a_reload_retired_at_drain_timeout() {
-    let dir = tempfile::tempdir().unwrap();
-    let n = Nginx::start(dir.path(), OWN_LOCATION);
     // The old release stays up long after the drain, so only the drain
     // can end the request it serves.
-    let mut b = nginx_baton(&n, "", "drain_timeout = \"1s\"\nkeep_previous = \"60s\"");
-    b.start();
-    b.ok(&["deploy", "web", "v1"]);
+    let (_dir, n, b) = nginx_with_v1(
+        OWN_LOCATION,
+        "",
+        "drain_timeout = \"1s\"\nkeep_previous = \"60s\"",
+    );
 
     // A request v1 takes 30 s to answer, held by nginx's current worker,
     // which the next deploy's reload retires (the deploy's health checks
@@ -456,11 +460,7 @@ async fn the_drain_ends_the_workers_a_reload_retired_at_drain_timeout() {
 
 #[test]
 fn a_config_nginx_refuses_fails_the_deploy_and_changes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let n = Nginx::start(dir.path(), OWN_LOCATION);
-    let mut b = nginx_baton(&n, "", QUICK_SWITCH);
-    b.start();
-    b.ok(&["deploy", "web", "v1"]);
+    let (_dir, n, b) = nginx_with_v1(OWN_LOCATION, "", QUICK_SWITCH);
     let before = std::fs::read_to_string(n.dir.join("web.conf")).unwrap();
 
     // Someone leaves a broken line in the config nginx would load next.

@@ -35,7 +35,9 @@ use crate::backends::Balancer;
 use crate::files::{lock, now_ms, write_atomically};
 use crate::{ServerReport, TrafficError, TrafficReport};
 
-use rendered::{on_disk, render_location, render_upstream, server_differences, Upstream};
+use rendered::{
+    on_disk, render_location, render_upstream, server_differences, weight_of, Upstream,
+};
 
 /// Longest nginx may take to answer from a new config.
 const CONFIRM: Duration = Duration::from_secs(10);
@@ -195,7 +197,8 @@ impl NginxBackend {
             return;
         };
         let answer = confirm::ask(self.confirm, &self.path).await;
-        let mut found = self.differences(&intended, &answer);
+        let mut disk = on_disk(&self.cfg.upstream_file);
+        let mut found = differences(&intended, &disk, &answer);
         // A stopped nginx loads the file when it starts: nothing to restore.
         let running = workers::master_pid(&self.cfg.pid_file);
         if running.is_ok() && !found.is_empty() {
@@ -204,6 +207,7 @@ impl NginxBackend {
             let restored = match self.load(Upstream::new(intended.servers.clone())).await {
                 Ok(()) => {
                     found.clear();
+                    disk = on_disk(&self.cfg.upstream_file);
                     format!("restored after: {said}")
                 }
                 Err(e) => format!("could not restore after: {said}: {e}"),
@@ -215,7 +219,7 @@ impl NginxBackend {
         let mut observed = lock(&self.observed);
         observed.error = running.err().map(|e| e.to_string());
         observed.differences = found;
-        observed.servers = on_disk(&self.cfg.upstream_file)
+        observed.servers = disk
             .unwrap_or_default()
             .into_iter()
             .map(|(addr, weight)| ServerReport {
@@ -223,37 +227,33 @@ impl NginxBackend {
                 addr: addr.to_string(),
                 weight: weight as u32,
                 state: "ready".into(),
-                intended_weight: intended
-                    .servers
-                    .iter()
-                    .find(|(a, _)| *a == addr)
-                    .map(|(_, w)| *w as u32),
+                intended_weight: weight_of(&intended.servers, addr).map(|w| w as u32),
             })
             .collect();
     }
+}
 
-    /// Where the upstream file, and the config nginx answers from, differ
-    /// from `intended`.
-    fn differences(
-        &self,
-        intended: &Upstream,
-        answer: &Result<confirm::Answer, String>,
-    ) -> Vec<String> {
-        let mut found = match on_disk(&self.cfg.upstream_file) {
-            Ok(servers) => server_differences(&intended.servers, &servers),
-            Err(e) => vec![e],
-        };
-        match answer.as_ref().map(|a| a.generation) {
-            Ok(Some(g)) if g == intended.generation => {}
-            Ok(Some(g)) => found.push(format!(
-                "nginx runs config generation {g}, baton's is {}",
-                intended.generation
-            )),
-            Ok(None) => found.push("nginx answers without baton's generation".into()),
-            Err(e) => found.push(format!("no answer from baton's confirming server: {e}")),
-        }
-        found
+/// Where the upstream file as read (`disk`), and the config nginx answers
+/// from, differ from `intended`.
+fn differences(
+    intended: &Upstream,
+    disk: &Result<Vec<(SocketAddr, u64)>, String>,
+    answer: &Result<confirm::Answer, String>,
+) -> Vec<String> {
+    let mut found = match disk {
+        Ok(servers) => server_differences(&intended.servers, servers),
+        Err(e) => vec![e.clone()],
+    };
+    match answer.as_ref().map(|a| a.generation) {
+        Ok(Some(g)) if g == intended.generation => {}
+        Ok(Some(g)) => found.push(format!(
+            "nginx runs config generation {g}, baton's is {}",
+            intended.generation
+        )),
+        Ok(None) => found.push("nginx answers without baton's generation".into()),
+        Err(e) => found.push(format!("no answer from baton's confirming server: {e}")),
     }
+    found
 }
 
 #[async_trait]

@@ -64,9 +64,18 @@ pub(super) fn render_location(service: &str, client_keepalive: Duration) -> Stri
          proxy_pass http://{service};\n\
          proxy_http_version 1.1;\n\
          # A reload closes idle client connections under the requests clients send on them.\n\
-         keepalive_timeout {}s;\n",
-        client_keepalive.as_secs()
+         keepalive_timeout {};\n",
+        nginx_time(client_keepalive)
     )
+}
+
+/// A duration as nginx writes one: whole seconds, or milliseconds.
+fn nginx_time(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
 }
 
 /// The upstream's servers and weights in the file as it is now.
@@ -90,17 +99,17 @@ pub(super) fn on_disk(file: &Path) -> Result<Vec<(SocketAddr, u64)>, String> {
     Ok(servers)
 }
 
+/// `addr`'s weight in `servers`, if it is there.
+pub(super) fn weight_of(servers: &[(SocketAddr, u64)], addr: SocketAddr) -> Option<u64> {
+    servers.iter().find(|(a, _)| *a == addr).map(|(_, w)| *w)
+}
+
 /// Each server whose weight in `found` is not the one in `intended`.
 pub(super) fn server_differences(
     intended: &[(SocketAddr, u64)],
     found: &[(SocketAddr, u64)],
 ) -> Vec<String> {
-    let weight_in = |list: &[(SocketAddr, u64)], addr| {
-        list.iter()
-            .find(|(a, _)| *a == addr)
-            .map(|(_, w)| *w)
-            .unwrap_or(0)
-    };
+    let weight_in = |list: &[(SocketAddr, u64)], addr| weight_of(list, addr).unwrap_or(0);
     let mut addrs: Vec<SocketAddr> = intended.iter().chain(found).map(|(a, _)| *a).collect();
     addrs.sort();
     addrs.dedup();
@@ -118,6 +127,14 @@ pub(super) fn server_differences(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_keepalive_is_written_as_nginx_reads_it() {
+        let text = |d| render_location("web", d);
+        assert!(text(Duration::ZERO).contains("keepalive_timeout 0s;"));
+        assert!(text(Duration::from_secs(75)).contains("keepalive_timeout 75s;"));
+        assert!(text(Duration::from_millis(1500)).contains("keepalive_timeout 1500ms;"));
+    }
 
     #[test]
     fn the_upstream_names_the_service_and_leaves_zero_weights_out() {
