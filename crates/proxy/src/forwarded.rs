@@ -46,6 +46,53 @@ impl Drop for Peer {
     }
 }
 
+/// The fields the proxy adds to a request head for its target, written
+/// after the client's own: `X-Forwarded-For` (the client's IP after any
+/// prior hops), `X-Forwarded-Proto`, `X-Forwarded-Host`, a `Host` when the
+/// client gave it elsewhere (absolute form, HTTP/2's `:authority`), and an
+/// `X-Request-Id` when the client sent none. The client's own
+/// `X-Forwarded-Proto` and `-Host` are dropped by the caller.
+pub(crate) struct Forwarding<'a> {
+    /// The client's `X-Forwarded-For`, extended rather than replaced.
+    pub(crate) prior_for: Option<&'a [u8]>,
+    pub(crate) host: Option<&'a [u8]>,
+    /// The client sent no Host field: `host` is written as one.
+    pub(crate) add_host: bool,
+    pub(crate) has_request_id: bool,
+}
+
+impl Forwarding<'_> {
+    /// Appends the fields, each ending in CRLF.
+    pub(crate) fn write(&self, peer: &Peer, ids: &RequestIds, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"x-forwarded-for: ");
+        if let Some(prior) = self.prior_for {
+            out.extend_from_slice(prior);
+            out.extend_from_slice(b", ");
+        }
+        out.extend_from_slice(peer.ip().as_bytes());
+        out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
+        if let Some(host) = self.host {
+            if self.add_host {
+                push_field(out, b"host", host);
+            }
+            push_field(out, b"x-forwarded-host", host);
+        }
+        if !self.has_request_id {
+            out.extend_from_slice(b"x-request-id: ");
+            ids.write_next(out);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
+/// Appends one `name: value` field.
+pub(crate) fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Request ids unique across restarts: a per-process prefix and a counter.
 #[derive(Debug)]
 pub(crate) struct RequestIds {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{request, Method, Request, Response, StatusCode, Version};
+use http::{request, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -22,19 +22,16 @@ use crate::canary::SetCookie;
 use crate::forward::{
     body_and_answer, read_head_more, Attempts, Failed, Forwarder, Progress, Routing,
 };
-use crate::forwarded::{Peer, RequestIds};
+use crate::forwarded::{push_field, Forwarding, Peer, RequestIds};
 use crate::http1::{
-    is_idempotent, parse_response_parts, Framing, Remaining, ResponseParts, Upstream,
+    is_idempotent, is_set_by_proxy, parse_response_parts, Framing, Remaining, ResponseParts,
+    Upstream,
 };
 use crate::router::Picked;
 use crate::target::InFlight;
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 impl Forwarder {
     /// Serves one HTTP/2 client request.
@@ -44,16 +41,11 @@ impl Forwarder {
         peer: &Peer,
         req: Request<Incoming>,
     ) -> Response<ResponseBody> {
-        let (mut parts, mut body) = req.into_parts();
-        let host = prepare_headers(&mut parts, peer, &self.request_ids);
+        let (parts, mut body) = req.into_parts();
         let framing = request_framing(&parts, &body);
+        let ask = Head::of(&parts, peer);
         let mut out = Vec::with_capacity(1024);
-        write_request_head(&parts, framing, &mut out);
-        let ask = Head {
-            parts: &parts,
-            host: host.as_ref(),
-            peer,
-        };
+        write_request_head(&ask, framing, &self.request_ids, &mut out);
         let Picked { hold, cookie } = match pick(routing, &ask) {
             Ok(picked) => picked,
             Err(resp) => return resp,
@@ -244,8 +236,12 @@ fn request_framing(parts: &request::Parts, body: &Incoming) -> Framing {
     }
 }
 
-/// The HTTP/1.1 head of the rewritten request.
-fn write_request_head(parts: &request::Parts, framing: Framing, out: &mut Vec<u8>) {
+/// The HTTP/1.1 head of the request as the target gets it, written
+/// straight from the client's fields. Connection-specific fields cannot be
+/// among them: RFC 9113 §8.2.2 makes such a request malformed, and h2
+/// resets its stream before it gets here.
+fn write_request_head(ask: &Head<'_>, framing: Framing, ids: &RequestIds, out: &mut Vec<u8>) {
+    let parts = ask.parts;
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -263,15 +259,26 @@ fn write_request_head(parts: &request::Parts, framing: Framing, out: &mut Vec<u8
         }
         out.extend_from_slice(b"\r\n");
     }
+    let mut forwarding = Forwarding {
+        prior_for: None,
+        host: ask.host.map(str::as_bytes),
+        add_host: !parts.headers.contains_key(header::HOST),
+        has_request_id: false,
+    };
     for (name, value) in &parts.headers {
         if name == header::COOKIE {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        if name == X_FORWARDED_FOR {
+            forwarding.prior_for.get_or_insert(value.as_bytes());
+        }
+        if is_set_by_proxy(name.as_str().as_bytes()) {
+            continue;
+        }
+        forwarding.has_request_id |= name == X_REQUEST_ID;
+        push_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
+    forwarding.write(ask.peer, ids, out);
     if framing == Framing::Chunked {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
@@ -281,13 +288,24 @@ fn write_request_head(parts: &request::Parts, framing: Framing, out: &mut Vec<u8
 /// The request as routing sees it.
 struct Head<'a> {
     parts: &'a request::Parts,
-    host: Option<&'a HeaderValue>,
+    /// The Host field, or else `:authority`: HTTP/2 carries the host there.
+    host: Option<&'a str>,
     peer: &'a Peer,
+}
+
+impl<'a> Head<'a> {
+    fn of(parts: &'a request::Parts, peer: &'a Peer) -> Self {
+        let host = match parts.headers.get(header::HOST) {
+            Some(h) => h.to_str().ok(),
+            None => parts.uri.authority().map(|a| a.as_str()),
+        };
+        Self { parts, host, peer }
+    }
 }
 
 impl Ask for Head<'_> {
     fn host(&self) -> Option<&str> {
-        self.host.and_then(|h| h.to_str().ok())
+        self.host
     }
     fn color_header(&self) -> Option<&[u8]> {
         self.header(COLOR_HEADER)
@@ -329,78 +347,6 @@ fn pick(routing: &Routing, ask: &Head<'_>) -> Result<Picked, Response<ResponseBo
     })
 }
 
-/// Drops hop-by-hop headers (RFC 9110 §7.6.1), including those the
-/// Connection header names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if let Some(listed) = headers
-        .get(header::CONNECTION)
-        .and_then(|v| v.to_str().ok())
-    {
-        let names: Vec<HeaderName> = listed
-            .split(',')
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for name in names {
-            headers.remove(name);
-        }
-    }
-    for name in [
-        &header::CONNECTION,
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-    ] {
-        headers.remove(name);
-    }
-    let te_trailers = headers
-        .get(header::TE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    if !te_trailers {
-        headers.remove(header::TE);
-    }
-}
-
-/// Rewrites the client's request head for the target. Returns the Host the
-/// client asked for, used for routing.
-fn prepare_headers(
-    parts: &mut request::Parts,
-    peer: &Peer,
-    ids: &RequestIds,
-) -> Option<HeaderValue> {
-    let headers = &mut parts.headers;
-    strip_hop_by_hop(headers);
-    // HTTP/2 carries the host in :authority; HTTP/1.1 targets need a Host header.
-    if !headers.contains_key(header::HOST) {
-        if let Some(authority) = parts.uri.authority() {
-            if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
-                headers.insert(header::HOST, v);
-            }
-        }
-    }
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) => HeaderValue::from_str(&format!("{prior}, {}", peer.ip())).ok(),
-        None => HeaderValue::from_str(peer.ip()).ok(),
-    };
-    if let Some(v) = forwarded_for {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
-    }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    let host = headers.get(header::HOST).cloned();
-    if let Some(h) = &host {
-        headers.insert(X_FORWARDED_HOST.clone(), h.clone());
-    }
-    if !headers.contains_key(&X_REQUEST_ID) {
-        let mut id = Vec::with_capacity(24);
-        ids.write_next(&mut id);
-        if let Ok(v) = HeaderValue::from_bytes(&id) {
-            headers.insert(X_REQUEST_ID.clone(), v);
-        }
-    }
-    parts.version = Version::HTTP_11;
-    host
-}
-
 pub(crate) fn error(status: StatusCode, text: impl Into<bytes::Bytes>) -> Response<ResponseBody> {
     let mut resp = Response::new(ResponseBody::full(text));
     *resp.status_mut() = status;
@@ -423,47 +369,53 @@ mod tests {
         b.body(()).unwrap().into_parts().0
     }
 
-    #[test]
-    fn strips_hop_by_hop_and_connection_listed_headers() {
-        let mut p = parts(&[
-            ("connection", "keep-alive, x-secret"),
-            ("keep-alive", "timeout=5"),
-            ("x-secret", "1"),
-            ("te", "gzip"),
-            ("x-kept", "yes"),
-        ]);
-        strip_hop_by_hop(&mut p.headers);
-        for gone in ["connection", "keep-alive", "x-secret", "te"] {
-            assert!(!p.headers.contains_key(gone), "{gone}");
-        }
-        assert!(p.headers.contains_key("x-kept"));
-        let mut p = parts(&[("te", "trailers")]);
-        strip_hop_by_hop(&mut p.headers);
-        assert!(p.headers.contains_key("te"), "TE: trailers is end to end");
+    fn head_for_target(headers: &[(&str, &str)]) -> String {
+        let ids = RequestIds::new();
+        let peer = Peer::new("10.1.2.3:5555".parse().unwrap());
+        let p = parts(headers);
+        let mut out = Vec::new();
+        write_request_head(&Head::of(&p, &peer), Framing::Empty, &ids, &mut out);
+        String::from_utf8(out).unwrap()
     }
 
     #[test]
     fn adds_forwarding_headers_and_keeps_a_request_id() {
-        let ids = RequestIds::new();
-        let peer = Peer::new("10.1.2.3:5555".parse().unwrap());
-        let mut p = parts(&[("host", "app.example"), ("x-forwarded-for", "1.1.1.1")]);
-        let host = prepare_headers(&mut p, &peer, &ids);
-        assert_eq!(host.unwrap(), "app.example");
-        assert_eq!(p.headers["x-forwarded-for"], "1.1.1.1, 10.1.2.3");
-        assert_eq!(p.headers["x-forwarded-proto"], "http");
-        assert_eq!(p.headers["x-forwarded-host"], "app.example");
-        assert!(p.headers.contains_key("x-request-id"));
-        let mut p = parts(&[("x-request-id", "abc")]);
-        prepare_headers(&mut p, &peer, &ids);
-        assert_eq!(p.headers["x-request-id"], "abc");
+        let out = head_for_target(&[
+            ("host", "app.example"),
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        assert!(out.starts_with("GET /a?b=1 HTTP/1.1\r\n"), "{out}");
+        assert!(out.contains("host: app.example\r\n"), "{out}");
+        assert!(
+            out.contains("x-forwarded-for: 1.1.1.1, 10.1.2.3\r\n"),
+            "{out}"
+        );
+        assert!(out.contains("x-forwarded-proto: http\r\n"), "{out}");
+        assert!(
+            !out.contains("https"),
+            "the client's proto is replaced: {out}"
+        );
+        assert!(out.contains("x-forwarded-host: app.example\r\n"), "{out}");
+        assert_eq!(out.matches("x-request-id: ").count(), 1, "{out}");
+        assert!(out.ends_with("\r\n\r\n"), "{out}");
+        let out = head_for_target(&[("x-request-id", "abc")]);
+        assert!(out.contains("x-request-id: abc\r\n"), "{out}");
+        assert_eq!(out.matches("x-request-id: ").count(), 1, "{out}");
     }
 
     #[test]
     fn http2_authority_becomes_host() {
-        let ids = RequestIds::new();
-        let mut p = parts(&[]);
-        let host = prepare_headers(&mut p, &Peer::new("127.0.0.1:1".parse().unwrap()), &ids);
-        assert_eq!(host.unwrap(), "example.com");
-        assert_eq!(p.version, Version::HTTP_11);
+        let out = head_for_target(&[]);
+        assert_eq!(out.matches("host: example.com\r\n").count(), 2, "{out}");
+        assert!(out.contains("\r\nhost: example.com\r\n"), "{out}");
+        assert!(out.contains("x-forwarded-host: example.com\r\n"), "{out}");
+    }
+
+    #[test]
+    fn split_cookies_are_joined() {
+        let out = head_for_target(&[("cookie", "a=1"), ("cookie", "b=2")]);
+        assert!(out.contains("cookie: a=1; b=2\r\n"), "{out}");
+        assert_eq!(out.matches("cookie: ").count(), 1, "{out}");
     }
 }

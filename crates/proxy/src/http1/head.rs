@@ -9,7 +9,7 @@
 use std::ops::Range;
 
 use crate::canary::SetCookie;
-use crate::forwarded::{Peer, RequestIds};
+use crate::forwarded::{push_field, Forwarding, Peer, RequestIds};
 
 /// Largest request or response head accepted.
 pub(crate) const MAX_HEAD: usize = 64 * 1024;
@@ -168,24 +168,13 @@ pub(crate) fn parse_request(
         push_field(out, b"connection", b"upgrade");
         push_field(out, b"upgrade", scan.upgrade.unwrap_or_default());
     }
-    out.extend_from_slice(b"x-forwarded-for: ");
-    if let Some(prior) = scan.forwarded_for {
-        out.extend_from_slice(prior);
-        out.extend_from_slice(b", ");
+    Forwarding {
+        prior_for: scan.forwarded_for,
+        host,
+        add_host: scan.host.is_none(),
+        has_request_id: scan.request_id,
     }
-    out.extend_from_slice(peer.ip().as_bytes());
-    out.extend_from_slice(b"\r\nx-forwarded-proto: http\r\n");
-    if let Some(host) = host {
-        if scan.host.is_none() {
-            push_field(out, b"host", host);
-        }
-        push_field(out, b"x-forwarded-host", host);
-    }
-    if !scan.request_id {
-        out.extend_from_slice(b"x-request-id: ");
-        ids.write_next(out);
-        out.extend_from_slice(b"\r\n");
-    }
+    .write(peer, ids, out);
     out.extend_from_slice(b"\r\n");
 
     Ok(Some(Request {
@@ -473,7 +462,7 @@ fn is_hop_by_hop(name: &[u8], value: &[u8]) -> bool {
 }
 
 /// Fields the proxy writes itself.
-fn is_set_by_proxy(name: &[u8]) -> bool {
+pub(crate) fn is_set_by_proxy(name: &[u8]) -> bool {
     name.eq_ignore_ascii_case(b"x-forwarded-for")
         || name.eq_ignore_ascii_case(b"x-forwarded-proto")
         || name.eq_ignore_ascii_case(b"x-forwarded-host")
@@ -502,13 +491,6 @@ pub(crate) fn find_field<'a>(head: &'a [u8], name: &str) -> Option<&'a [u8]> {
             .eq_ignore_ascii_case(name.as_bytes())
             .then(|| trim(&value[1..]))
     })
-}
-
-fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
 }
 
 fn parse_length(value: &[u8]) -> Option<u64> {
