@@ -13,7 +13,6 @@
 //!   both share, `tunnel` relays upgraded connections.
 
 mod ask;
-mod body;
 mod canary;
 pub mod drain;
 mod forward;
@@ -37,7 +36,6 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use body::ResponseBody;
 pub use canary::Canary;
 pub use drain::{drain, DrainReport};
 pub use forward::Timeouts;

@@ -1,7 +1,7 @@
 //! Listeners: accept client connections and serve them. HTTP/1.1 (with
 //! upgrades) goes through baton's own [`crate::http1`] path; a client that
-//! opens with the HTTP/2 preface (h2c, prior knowledge) is served by hyper's
-//! HTTP/2 server, each stream handed to the [`Forwarder`].
+//! opens with the HTTP/2 preface (h2c, prior knowledge) goes to
+//! [`crate::http2`].
 
 use std::io;
 use std::pin::Pin;
@@ -10,8 +10,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -60,29 +58,7 @@ impl Listener {
         read: BytesMut,
         peer: Peer,
     ) {
-        let stream = Prefixed { read, stream };
-        let idle = self.forwarder.timeouts.idle;
-        let this = Arc::new((self, peer));
-        let service = service_fn(move |req| {
-            let this = this.clone();
-            async move {
-                let (listener, peer) = &*this;
-                Ok::<_, std::convert::Infallible>(
-                    listener
-                        .forwarder
-                        .handle(&listener.routing, peer, req)
-                        .await,
-                )
-            }
-        });
-        let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Some(idle / 2))
-            .serve_connection(TokioIo::new(stream), service)
-            .await;
-        if let Err(e) = served {
-            tracing::debug!(error = %e, "HTTP/2 client connection ended with an error");
-        }
+        crate::http2::serve(&self, Prefixed { read, stream }, peer).await;
     }
 }
 

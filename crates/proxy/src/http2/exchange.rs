@@ -1,6 +1,6 @@
-//! The HTTP/2 request path: hyper serves the client's streams; each one goes
-//! to its target as HTTP/1.1 over the same pooled connections the HTTP/1.1
-//! path uses, and its answer comes back decoded from HTTP/1.1 framing.
+//! One HTTP/2 stream: its request goes to the target as HTTP/1.1 over the
+//! same pooled connections the HTTP/1.1 path uses, and the answer comes back
+//! decoded from HTTP/1.1 framing.
 //!
 //! Rewriting follows RFC 9110 for a proxy and RFC 9113 §8.2 for the change
 //! of version: `:authority` becomes `Host`, split `Cookie` fields are joined,
@@ -9,15 +9,15 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
+use h2::server::SendResponse;
+use h2::RecvStream;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{request, Method, Request, Response, StatusCode};
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+use super::body::{ResponseBody, TargetBody};
 use crate::ask::{cookie_in, Ask, COLOR_HEADER};
-use crate::body::{ResponseBody, TargetBody};
 use crate::canary::SetCookie;
 use crate::forward::{
     body_and_answer, read_head_more, Attempts, Failed, Forwarder, Progress, Routing,
@@ -34,12 +34,31 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 impl Forwarder {
-    /// Serves one HTTP/2 client request.
-    pub(crate) async fn handle(
+    /// Serves one stream: the request to a target, the answer back. A
+    /// client that resets the stream before the answer comes ends the
+    /// exchange, and with it the target's request.
+    pub(crate) async fn stream(
         &self,
         routing: &Routing,
         peer: &Peer,
-        req: Request<Incoming>,
+        req: Request<RecvStream>,
+        mut respond: SendResponse<Bytes>,
+    ) {
+        let reset = std::future::poll_fn(|cx| respond.poll_reset(cx));
+        let resp = tokio::select! {
+            biased;
+            resp = self.handle(routing, peer, req) => resp,
+            _ = reset => return,
+        };
+        super::body::send(resp, respond).await;
+    }
+
+    /// The response to one HTTP/2 client request.
+    async fn handle(
+        &self,
+        routing: &Routing,
+        peer: &Peer,
+        req: Request<RecvStream>,
     ) -> Response<ResponseBody> {
         let (parts, mut body) = req.into_parts();
         let framing = request_framing(&parts, &body);
@@ -117,7 +136,7 @@ impl Forwarder {
 /// A request as it goes to the target.
 struct Outgoing<'a> {
     head: &'a [u8],
-    body: &'a mut Incoming,
+    body: &'a mut RecvStream,
     framing: Framing,
     head_method: bool,
 }
@@ -154,7 +173,7 @@ async fn send(
 
 /// Streams the client's body to the target, chunked unless its length is known.
 async fn copy_request_body<W>(
-    body: &mut Incoming,
+    body: &mut RecvStream,
     to: &mut W,
     framing: Framing,
 ) -> Result<(), Failed>
@@ -164,11 +183,11 @@ where
     let chunked = framing == Framing::Chunked;
     let write_failed =
         |e: std::io::Error| Failed::Upstream(format!("writing the request body: {e}"));
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| Failed::Client(format!("request body: {e}")))?;
-        let Ok(data) = frame.into_data() else {
-            continue; // trailers: not carried over HTTP/1.1 here
-        };
+    // Trailers, if any, are not carried over HTTP/1.1 here.
+    while let Some(data) = body.data().await {
+        let data = data.map_err(|e| Failed::Client(format!("request body: {e}")))?;
+        // Taken off the stream's window, so the client may send more.
+        let _ = body.flow_control().release_capacity(data.len());
         if chunked && !data.is_empty() {
             to.write_all(format!("{:x}\r\n", data.len()).as_bytes())
                 .await
@@ -221,8 +240,8 @@ where
 }
 
 /// How the request's body goes to the target.
-fn request_framing(parts: &request::Parts, body: &Incoming) -> Framing {
-    if http_body::Body::is_end_stream(body) {
+fn request_framing(parts: &request::Parts, body: &RecvStream) -> Framing {
+    if body.is_end_stream() {
         return Framing::Empty;
     }
     let length = parts
@@ -347,13 +366,17 @@ fn pick(routing: &Routing, ask: &Head<'_>) -> Result<Picked, Response<ResponseBo
     })
 }
 
-pub(crate) fn error(status: StatusCode, text: impl Into<bytes::Bytes>) -> Response<ResponseBody> {
+fn error(status: StatusCode, text: impl Into<Bytes>) -> Response<ResponseBody> {
+    let text = text.into();
+    let length = HeaderValue::from(text.len());
     let mut resp = Response::new(ResponseBody::full(text));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(
+    let headers = resp.headers_mut();
+    headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
+    headers.insert(header::CONTENT_LENGTH, length);
     resp
 }
 

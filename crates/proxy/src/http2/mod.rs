@@ -1,0 +1,156 @@
+//! HTTP/2 clients (h2c, prior knowledge): the `h2` crate speaks the
+//! protocol, and each stream goes to its target as HTTP/1.1 over the same
+//! pooled connections the HTTP/1.1 path uses ([`exchange`]).
+//!
+//! A connection's streams are polled by the connection's own task rather
+//! than a task each: a stream is a future in a `FuturesUnordered`, woken
+//! by its target's socket. That saves a spawn, a scheduling round and the
+//! move of a large future per request, which is most of what a tiny
+//! request costs beyond HPACK and the kernel.
+//!
+//! - `exchange`: one stream, from the client's request to the target and back.
+//! - `body`: the response body, and sending it within HTTP/2 flow control.
+
+mod body;
+mod exchange;
+
+use std::future::poll_fn;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use h2::server::Connection;
+use h2::{Ping, PingPong, Reason};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
+
+use crate::forwarded::Peer;
+use crate::server::Listener;
+
+/// Flow-control windows: the protocol's 64 KiB default would hold a large
+/// upload to one window per round trip.
+const WINDOW: u32 = 1024 * 1024;
+/// Streams a client may have open at once.
+const MAX_STREAMS: u32 = 200;
+const MAX_HEADER_LIST: u32 = 16 * 1024;
+/// Response data queued per stream before its body is read further.
+const MAX_SEND_BUFFER: usize = 400 * 1024;
+/// Streams this side may reset for errors before it gives up on the client.
+const MAX_LOCAL_RESETS: usize = 1024;
+
+/// Serves an HTTP/2 client connection until it closes.
+pub(crate) async fn serve<T>(listener: &Listener, io: T, peer: Peer)
+where
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let handshake = h2::server::Builder::new()
+        .initial_window_size(WINDOW)
+        .initial_connection_window_size(WINDOW)
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_header_list_size(MAX_HEADER_LIST)
+        .max_send_buffer_size(MAX_SEND_BUFFER)
+        .max_local_error_reset_streams(Some(MAX_LOCAL_RESETS))
+        .handshake::<_, Bytes>(io)
+        .await;
+    let mut conn = match handshake {
+        Ok(conn) => conn,
+        Err(e) => {
+            tracing::debug!(error = %e, "HTTP/2 handshake failed");
+            return;
+        }
+    };
+    let mut keep_alive = KeepAlive::new(listener.forwarder.timeouts.idle, conn.ping_pong());
+    let mut streams = FuturesUnordered::new();
+    let mut accepted = 0u64;
+    let peer = &peer;
+    let ended = poll_fn(|cx| loop {
+        // Streams first, so what they answered goes out in this round's write.
+        while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+        keep_alive.poll(cx, &mut conn, !streams.is_empty(), accepted);
+        match conn.poll_accept(cx) {
+            Poll::Ready(Some(Ok((req, respond)))) => {
+                accepted += 1;
+                streams.push(
+                    listener
+                        .forwarder
+                        .stream(&listener.routing, peer, req, respond),
+                );
+            }
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+            Poll::Ready(None) => return Poll::Ready(Ok(())),
+            Poll::Pending => return Poll::Pending,
+        }
+    })
+    .await;
+    if let Err(e) = ended {
+        tracing::debug!(error = %e, "HTTP/2 client connection ended with an error");
+    }
+}
+
+/// The idle timeout, and a check that a client with open streams is still
+/// there. Every half of the idle timeout it looks at the connection: two
+/// looks in a row with no stream open or begun close it gracefully
+/// (GOAWAY), so an idle connection lasts between one and one and a half
+/// idle timeouts. While streams are open it sends a PING; one still
+/// unanswered at the next look ends the connection, whose streams would
+/// otherwise wait on a client that is gone.
+struct KeepAlive {
+    tick: Interval,
+    pings: Option<PingPong>,
+    awaiting_pong: bool,
+    quiet_looks: u8,
+    accepted_at_last_look: u64,
+}
+
+impl KeepAlive {
+    fn new(idle: Duration, pings: Option<PingPong>) -> Self {
+        let every = idle / 2;
+        let mut tick = interval_at(Instant::now() + every, every);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Self {
+            tick,
+            pings,
+            awaiting_pong: false,
+            quiet_looks: 0,
+            accepted_at_last_look: 0,
+        }
+    }
+
+    fn poll<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        conn: &mut Connection<T, Bytes>,
+        open: bool,
+        accepted: u64,
+    ) where
+        T: AsyncRead + AsyncWrite + Unpin,
+    {
+        if self.tick.poll_tick(cx).is_pending() {
+            return;
+        }
+        let quiet = !open && accepted == self.accepted_at_last_look;
+        self.accepted_at_last_look = accepted;
+        self.quiet_looks = if quiet { self.quiet_looks + 1 } else { 0 };
+        if self.quiet_looks == 2 {
+            conn.graceful_shutdown();
+        }
+        let Some(pings) = &mut self.pings else {
+            return;
+        };
+        if self.awaiting_pong {
+            match pings.poll_pong(cx) {
+                Poll::Ready(Ok(_)) => self.awaiting_pong = false,
+                Poll::Ready(Err(_)) => return,
+                Poll::Pending => {
+                    tracing::debug!("HTTP/2 client did not answer a PING; closing");
+                    conn.abrupt_shutdown(Reason::NO_ERROR);
+                    return;
+                }
+            }
+        }
+        if open {
+            self.awaiting_pong = pings.send_ping(Ping::opaque()).is_ok();
+        }
+    }
+}
