@@ -266,11 +266,10 @@ fn write_request_head(ask: &Head<'_>, framing: Framing, ids: &RequestIds, out: &
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut cookies = parts.headers.get_all(header::COOKIE).iter().peekable();
-    if cookies.peek().is_some() {
+    if ask.cookies.is_some() {
         // HTTP/2 may split Cookie; HTTP/1.1 wants one field (RFC 9113 §8.2.3).
         out.extend_from_slice(b"cookie: ");
-        for (i, c) in cookies.enumerate() {
+        for (i, c) in parts.headers.get_all(header::COOKIE).iter().enumerate() {
             if i > 0 {
                 out.extend_from_slice(b"; ");
             }
@@ -281,7 +280,7 @@ fn write_request_head(ask: &Head<'_>, framing: Framing, ids: &RequestIds, out: &
     let mut forwarding = Forwarding {
         prior_for: None,
         host: ask.host.map(str::as_bytes),
-        add_host: !parts.headers.contains_key(header::HOST),
+        add_host: !ask.has_host,
         has_request_id: false,
     };
     for (name, value) in &parts.headers {
@@ -304,21 +303,44 @@ fn write_request_head(ask: &Head<'_>, framing: Framing, ids: &RequestIds, out: &
     out.extend_from_slice(b"\r\n");
 }
 
-/// The request as routing sees it.
+/// The request as routing sees it, its fields found in one pass rather
+/// than a hash lookup each.
 struct Head<'a> {
     parts: &'a request::Parts,
     /// The Host field, or else `:authority`: HTTP/2 carries the host there.
     host: Option<&'a str>,
+    /// The client sent a Host field (HTTP/2 clients mostly do not).
+    has_host: bool,
+    color: Option<&'a [u8]>,
+    /// The first Cookie field.
+    cookies: Option<&'a [u8]>,
     peer: &'a Peer,
 }
 
 impl<'a> Head<'a> {
     fn of(parts: &'a request::Parts, peer: &'a Peer) -> Self {
-        let host = match parts.headers.get(header::HOST) {
-            Some(h) => h.to_str().ok(),
-            None => parts.uri.authority().map(|a| a.as_str()),
+        let mut head = Self {
+            parts,
+            host: None,
+            has_host: false,
+            color: None,
+            cookies: None,
+            peer,
         };
-        Self { parts, host, peer }
+        for (name, value) in &parts.headers {
+            if name == header::HOST {
+                head.has_host = true;
+                head.host = value.to_str().ok();
+            } else if name == header::COOKIE {
+                head.cookies.get_or_insert(value.as_bytes());
+            } else if name.as_str() == COLOR_HEADER {
+                head.color = Some(value.as_bytes());
+            }
+        }
+        if !head.has_host {
+            head.host = parts.uri.authority().map(|a| a.as_str());
+        }
+        head
     }
 }
 
@@ -327,13 +349,14 @@ impl Ask for Head<'_> {
         self.host
     }
     fn color_header(&self) -> Option<&[u8]> {
-        self.header(COLOR_HEADER)
+        self.color
     }
     fn cookies(&self) -> Option<&[u8]> {
-        self.header("cookie")
+        self.cookies
     }
     /// HTTP/2 may split cookies over several fields: each is looked in.
     fn cookie(&self, name: &str) -> Option<&[u8]> {
+        self.cookies?;
         self.parts
             .headers
             .get_all(header::COOKIE)
