@@ -2,7 +2,7 @@
 //! of the protocol, written as raw sockets so each behaviour is exact: an app
 //! that closes a kept-alive connection just as it is reused (mechanism 3 of
 //! `where-requests-get-lost.md`), an answer delimited by closing, and clients
-//! that go quiet (the idle timeout).
+//! that go quiet (the idle timeout, for HTTP/1.1 and HTTP/2).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -270,6 +270,92 @@ where
     .unwrap();
     tokio::spawn(conn);
     h2
+}
+
+/// An HTTP/2 connection: its sender, and its driver, which ends when the
+/// proxy closes the connection.
+async fn h2_connection(
+    addr: SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    tokio::task::JoinHandle<Result<(), hyper::Error>>,
+) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (h2, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    (h2, tokio::spawn(conn))
+}
+
+/// The idle timeout for HTTP/2: a connection with no stream open is sent a
+/// GOAWAY and closed after one to one and a half timeouts, while one whose
+/// stream waits on a slow target for longer than that is served and stays
+/// open for more.
+#[tokio::test]
+async fn idle_http2_clients_are_closed_after_the_idle_timeout_and_busy_ones_are_not() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Empty};
+
+    let (target, _) = backend(|mut conn| async move {
+        while let Some(head) = read_request(&mut conn).await {
+            if head.starts_with("get /slow") {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
+            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+            if conn.write_all(answer).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let idle = Duration::from_secs(1);
+    let (_proxy, addr) = proxy_with_idle_timeout(target, idle).await;
+    let get = |path: &str| {
+        hyper::Request::get(format!("http://app.test{path}"))
+            .body(Empty::<Bytes>::new())
+            .unwrap()
+    };
+
+    let (mut busy, busy_conn) = h2_connection(addr).await;
+    let mut slow_sender = busy.clone();
+    let slow = tokio::spawn(async move {
+        let resp = slow_sender.send_request(get("/slow")).await.unwrap();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, body)
+    });
+
+    let (mut quiet, quiet_conn) = h2_connection(addr).await;
+    let resp = quiet.send_request(get("/")).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let started = std::time::Instant::now();
+    tokio::time::timeout(ANSWER, quiet_conn)
+        .await
+        .expect("the proxy closed the idle HTTP/2 connection")
+        .unwrap()
+        .expect("closed with a GOAWAY, not cut");
+    let took = started.elapsed();
+    assert!(
+        took >= idle * 9 / 10,
+        "closed after {took:?}, before the timeout"
+    );
+
+    let (status, body) = tokio::time::timeout(ANSWER, slow)
+        .await
+        .expect("the slow request was answered")
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(&body[..], b"ok");
+    // Still open, with no GOAWAY: it takes another request.
+    assert!(!busy_conn.is_finished(), "the busy connection stays open");
+    let resp = tokio::time::timeout(ANSWER, busy.send_request(get("/")))
+        .await
+        .expect("answered in time")
+        .expect("the busy connection takes another request");
+    assert_eq!(resp.status(), 200);
 }
 
 /// Reads one request, head and body (by length or chunked), as raw bytes.

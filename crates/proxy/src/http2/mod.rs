@@ -117,6 +117,8 @@ impl KeepAlive {
         }
     }
 
+    /// Looks at the connection when a look is due. Polls the tick until it
+    /// is pending, which is what schedules the next wake-up.
     fn poll<T>(
         &mut self,
         cx: &mut Context<'_>,
@@ -126,9 +128,20 @@ impl KeepAlive {
     ) where
         T: AsyncRead + AsyncWrite + Unpin,
     {
-        if self.tick.poll_tick(cx).is_pending() {
-            return;
+        while self.tick.poll_tick(cx).is_ready() {
+            self.look(cx, conn, open, accepted);
         }
+    }
+
+    fn look<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        conn: &mut Connection<T, Bytes>,
+        open: bool,
+        accepted: u64,
+    ) where
+        T: AsyncRead + AsyncWrite + Unpin,
+    {
         let quiet = !open && accepted == self.accepted_at_last_look;
         self.accepted_at_last_look = accepted;
         self.quiet_looks = if quiet { self.quiet_looks + 1 } else { 0 };
