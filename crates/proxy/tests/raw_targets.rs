@@ -332,9 +332,11 @@ async fn idle_http2_clients_are_closed_after_the_idle_timeout_and_busy_ones_are_
     let resp = quiet.send_request(get("/")).await.unwrap();
     assert_eq!(resp.status(), 200);
     let started = std::time::Instant::now();
-    tokio::time::timeout(ANSWER, quiet_conn)
+    // Closed within one and a half timeouts; the deadline leaves slack for
+    // a loaded machine while still failing a connection left open.
+    tokio::time::timeout(idle * 5, quiet_conn)
         .await
-        .expect("the proxy closed the idle HTTP/2 connection")
+        .expect("the proxy closed the idle HTTP/2 connection in time")
         .unwrap()
         .expect("closed with a GOAWAY, not cut");
     let took = started.elapsed();
