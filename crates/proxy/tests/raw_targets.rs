@@ -261,25 +261,22 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (h2, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
-    h2
+    h2_connection(addr).await.0
 }
 
 /// An HTTP/2 connection: its sender, and its driver, which ends when the
 /// proxy closes the connection.
-async fn h2_connection(
+async fn h2_connection<B>(
     addr: SocketAddr,
 ) -> (
-    hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    hyper::client::conn::http2::SendRequest<B>,
     tokio::task::JoinHandle<Result<(), hyper::Error>>,
-) {
+)
+where
+    B: hyper::body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let stream = TcpStream::connect(addr).await.unwrap();
     let (h2, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
@@ -358,6 +355,45 @@ async fn idle_http2_clients_are_closed_after_the_idle_timeout_and_busy_ones_are_
         .expect("answered in time")
         .expect("the busy connection takes another request");
     assert_eq!(resp.status(), 200);
+}
+
+/// A client that stops answering (here: never acknowledges a PING) while
+/// its stream waits on the target is closed after a PING goes unanswered,
+/// long before the target answers or the stream times out.
+#[tokio::test]
+async fn an_http2_client_that_leaves_a_ping_unanswered_is_closed() {
+    let (target, _) = backend(|mut conn| async move {
+        let _ = read_request(&mut conn).await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    })
+    .await;
+    let idle = Duration::from_secs(1);
+    let (_proxy, addr) = proxy_with(target, Duration::from_secs(20), idle).await;
+
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    let mut opening = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    opening.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]); // SETTINGS, empty
+                                                             // HEADERS on stream 1, END_STREAM | END_HEADERS: GET http://a/slow in
+                                                             // HPACK (static-table method, scheme; literal path and authority).
+    let block = [
+        0x82, 0x86, 0x44, 5, b'/', b's', b'l', b'o', b'w', 0x41, 1, b'a',
+    ];
+    opening.extend_from_slice(&[0, 0, block.len() as u8, 1, 0x05, 0, 0, 0, 1]);
+    opening.extend_from_slice(&block);
+    client.write_all(&opening).await.unwrap();
+
+    // Read what the proxy sends (its SETTINGS, PINGs), answering nothing.
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 4096];
+    let closed = tokio::time::timeout(idle * 5, async {
+        while matches!(client.read(&mut buf).await, Ok(n) if n > 0) {}
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the connection was still open {:?} after an unanswered PING",
+        started.elapsed()
+    );
 }
 
 /// Reads one request, head and body (by length or chunked), as raw bytes.

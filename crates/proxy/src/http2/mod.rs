@@ -129,41 +129,50 @@ impl KeepAlive {
         T: AsyncRead + AsyncWrite + Unpin,
     {
         while self.tick.poll_tick(cx).is_ready() {
-            self.look(cx, conn, open, accepted);
-        }
-    }
-
-    fn look<T>(
-        &mut self,
-        cx: &mut Context<'_>,
-        conn: &mut Connection<T, Bytes>,
-        open: bool,
-        accepted: u64,
-    ) where
-        T: AsyncRead + AsyncWrite + Unpin,
-    {
-        let quiet = !open && accepted == self.accepted_at_last_look;
-        self.accepted_at_last_look = accepted;
-        self.quiet_looks = if quiet { self.quiet_looks + 1 } else { 0 };
-        if self.quiet_looks == 2 {
-            conn.graceful_shutdown();
-        }
-        let Some(pings) = &mut self.pings else {
-            return;
-        };
-        if self.awaiting_pong {
-            match pings.poll_pong(cx) {
-                Poll::Ready(Ok(_)) => self.awaiting_pong = false,
-                Poll::Ready(Err(_)) => return,
-                Poll::Pending => {
+            match self.look(cx, open, accepted) {
+                Verdict::Keep => {}
+                Verdict::GoAway => conn.graceful_shutdown(),
+                Verdict::Close => {
                     tracing::debug!("HTTP/2 client did not answer a PING; closing");
                     conn.abrupt_shutdown(Reason::NO_ERROR);
-                    return;
                 }
             }
         }
-        if open {
-            self.awaiting_pong = pings.send_ping(Ping::opaque()).is_ok();
+    }
+
+    fn look(&mut self, cx: &mut Context<'_>, open: bool, accepted: u64) -> Verdict {
+        let quiet = !open && accepted == self.accepted_at_last_look;
+        self.accepted_at_last_look = accepted;
+        self.quiet_looks = if quiet {
+            self.quiet_looks.saturating_add(1)
+        } else {
+            0
+        };
+        if let Some(pings) = &mut self.pings {
+            if self.awaiting_pong {
+                match pings.poll_pong(cx) {
+                    Poll::Ready(Ok(_)) => self.awaiting_pong = false,
+                    Poll::Ready(Err(_)) => return Verdict::Keep, // the connection is ending
+                    Poll::Pending => return Verdict::Close,
+                }
+            }
+            if open {
+                self.awaiting_pong = pings.send_ping(Ping::opaque()).is_ok();
+            }
+        }
+        if self.quiet_looks == 2 {
+            Verdict::GoAway
+        } else {
+            Verdict::Keep
         }
     }
+}
+
+/// What a look at the connection calls for.
+enum Verdict {
+    Keep,
+    /// Idle: ask the client to go, letting open streams finish.
+    GoAway,
+    /// A PING went unanswered: the client is gone.
+    Close,
 }
