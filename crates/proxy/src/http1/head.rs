@@ -375,6 +375,10 @@ fn reason(status: u16) -> &'static str {
 struct Scan<'a> {
     connection: [&'a [u8]; MAX_CONNECTION_FIELDS],
     connection_fields: usize,
+    /// The Connection header lists a token other than `keep-alive` and
+    /// `upgrade`, which name fields dropped as hop-by-hop anyway. Most heads
+    /// (`Connection: keep-alive`) do not, and skip the per-field check.
+    names_fields: bool,
     host: Option<&'a [u8]>,
     upgrade: Option<&'a [u8]>,
     forwarded_for: Option<&'a [u8]>,
@@ -423,6 +427,12 @@ impl<'a> Scan<'a> {
                 scan.color = Some(h.value);
             }
         }
+        let names_fields = scan.connection_tokens().any(|t| {
+            !t.is_empty()
+                && !t.eq_ignore_ascii_case(b"keep-alive")
+                && !t.eq_ignore_ascii_case(b"upgrade")
+        });
+        scan.names_fields = names_fields;
         Ok(scan)
     }
 
@@ -436,7 +446,7 @@ impl<'a> Scan<'a> {
     /// and Host fields are never dropped for it: that would let a client
     /// change how the target reads the body.
     fn lists(&self, name: &[u8]) -> bool {
-        self.connection_fields > 0
+        self.names_fields
             && !is_framing_or_host(name)
             && self
                 .connection_tokens()
