@@ -15,7 +15,7 @@
 //! - here: a client connection's life ([`Conn`]), parked between requests
 //!   when the worker holds many.
 //!
-//! HTTP/2 clients are recognised by their preface and handed to hyper.
+//! HTTP/2 clients are recognised by their preface and handed to `crate::http2`.
 
 mod body;
 mod chunked;
@@ -24,6 +24,7 @@ mod exchange;
 mod head;
 mod idle;
 
+use std::cell::RefCell;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
@@ -47,9 +48,10 @@ use exchange::{After, Exchange};
 /// What an HTTP/2 client sends first (RFC 9113 §3.4).
 const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// A request's working memory, dropped when the request is done, so idle
-/// connections cost no buffers.
-#[derive(Debug)]
+/// A request's working memory. An idle connection holds none: when a
+/// request is done its buffers go to the worker's spares, for whichever
+/// request comes next, so a busy worker allocates none per request.
+#[derive(Debug, Default)]
 pub(crate) struct Buffers {
     /// What the client sent and is not forwarded yet.
     client: BytesMut,
@@ -57,6 +59,62 @@ pub(crate) struct Buffers {
     upstream: BytesMut,
     /// A head rewritten for the other side, and body bytes that go with it.
     out: Vec<u8>,
+}
+
+/// Spare sets kept per worker: about as many requests as are usually in
+/// flight on one, at a few KiB each.
+const SPARE_BUFFERS: usize = 32;
+/// A buffer grown past this (a large body read) is freed, not kept.
+const SPARE_CAPACITY: usize = 64 * 1024;
+
+thread_local! {
+    /// The worker thread's spare buffers. Each worker is a single-threaded
+    /// runtime, so this is never shared and never locked.
+    static SPARES: RefCell<Vec<Buffers>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Buffers {
+    /// Buffers for a request, reading on from `read_ahead`.
+    fn take(read_ahead: &mut BytesMut) -> Self {
+        let mut bufs = SPARES
+            .with(|spares| spares.borrow_mut().pop())
+            .unwrap_or_else(|| Self {
+                // A usual head fits: one allocation rather than one per doubling.
+                out: Vec::with_capacity(1024),
+                ..Self::default()
+            });
+        if !read_ahead.is_empty() {
+            bufs.client = std::mem::take(read_ahead);
+        }
+        bufs
+    }
+
+    /// Keeps the buffers for the worker's next request, emptied; what is
+    /// left to read of the client's next request moves to `read_ahead`.
+    fn give_back(mut self, read_ahead: &mut BytesMut) {
+        if !self.client.is_empty() {
+            *read_ahead = std::mem::take(&mut self.client);
+        }
+        if [
+            self.client.capacity(),
+            self.upstream.capacity(),
+            self.out.capacity(),
+        ]
+        .iter()
+        .any(|&c| c > SPARE_CAPACITY)
+        {
+            return;
+        }
+        self.client.clear();
+        self.upstream.clear();
+        self.out.clear();
+        SPARES.with(|spares| {
+            let mut spares = spares.borrow_mut();
+            if spares.len() < SPARE_BUFFERS {
+                spares.push(self);
+            }
+        });
+    }
 }
 
 /// A client connection between two requests: all it holds while idle.
@@ -186,16 +244,11 @@ async fn one_request(
     read_ahead: &mut BytesMut,
     first: bool,
 ) -> Next {
-    let mut bufs = Buffers {
-        client: std::mem::take(read_ahead),
-        upstream: BytesMut::new(),
-        // A usual head fits: one allocation rather than one per doubling.
-        out: Vec::with_capacity(1024),
-    };
+    let mut bufs = Buffers::take(read_ahead);
     let req = match read_head(forwarder, peer, client, &mut bufs, first).await {
         Head::Request(req) => req,
         Head::Http2 => {
-            *read_ahead = bufs.client;
+            *read_ahead = std::mem::take(&mut bufs.client);
             return Next::Http2;
         }
         Head::Closed => return Next::Closed,
@@ -211,9 +264,7 @@ async fn one_request(
     if exchange.run().await == After::Close {
         return Next::Closed;
     }
-    if !bufs.client.is_empty() {
-        *read_ahead = bufs.client;
-    }
+    bufs.give_back(read_ahead);
     Next::KeepAlive
 }
 
