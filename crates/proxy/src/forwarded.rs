@@ -2,7 +2,6 @@
 //! address for `X-Forwarded-For`, and a request id for `X-Request-Id`. Shared
 //! by the HTTP/1.1 and HTTP/2 request paths.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -115,9 +114,20 @@ impl RequestIds {
     /// Appends the next id to `out` (24 hex digits), without allocating.
     pub(crate) fn write_next(&self, out: &mut Vec<u8>) {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        // Writing to a Vec cannot fail.
-        let _ = write!(out, "{:016x}{:08x}", self.prefix, n as u32);
+        // By hand: `write!` with `{:x}` costs several times more, per request.
+        push_hex(out, self.prefix, 16);
+        push_hex(out, n & 0xffff_ffff, 8);
     }
+}
+
+/// Appends the low `digits` hex digits of `value`, zero-padded.
+fn push_hex(out: &mut Vec<u8>, value: u64, digits: u32) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.extend(
+        (0..digits)
+            .rev()
+            .map(|i| HEX[(value >> (i * 4)) as usize & 0xf]),
+    );
 }
 
 #[cfg(test)]
@@ -133,5 +143,19 @@ mod tests {
         assert_eq!(a.len(), 24);
         assert_eq!(b.len(), 24);
         assert_ne!(a, b);
+        assert!(a
+            .iter()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+    }
+
+    #[test]
+    fn hex_is_zero_padded_and_matches_the_formatter() {
+        let mut out = Vec::new();
+        push_hex(&mut out, 0xbeef, 8);
+        push_hex(&mut out, u64::MAX - 1, 16);
+        assert_eq!(
+            out,
+            format!("{:08x}{:016x}", 0xbeef, u64::MAX - 1).as_bytes()
+        );
     }
 }
