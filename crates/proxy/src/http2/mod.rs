@@ -3,23 +3,24 @@
 //! pooled connections the HTTP/1.1 path uses ([`exchange`]).
 //!
 //! A connection's streams are polled by the connection's own task rather
-//! than a task each: a stream is a future in a `FuturesUnordered`, woken
-//! by its target's socket. That saves a spawn, a scheduling round and the
-//! move of a large future per request, which is most of what a tiny
+//! than a task each: a stream is a future in the connection's [`Streams`],
+//! woken by its target's socket. That saves a spawn, a scheduling round and
+//! the moves of a large future per request, which is most of what a tiny
 //! request costs beyond HPACK and the kernel.
 //!
 //! - `exchange`: one stream, from the client's request to the target and back.
 //! - `body`: the response body, and sending it within HTTP/2 flow control.
+//! - `streams`: the set of a connection's open streams.
 
 mod body;
 mod exchange;
+mod streams;
 
 use std::future::poll_fn;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use h2::server::Connection;
 use h2::{Ping, PingPong, Reason};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -27,6 +28,7 @@ use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
 
 use crate::forwarded::Peer;
 use crate::server::Listener;
+use streams::Streams;
 
 /// Flow-control windows: the protocol's 64 KiB default would hold a large
 /// upload to one window per round trip.
@@ -61,12 +63,12 @@ where
         }
     };
     let mut keep_alive = KeepAlive::new(listener.forwarder.timeouts.idle, conn.ping_pong());
-    let mut streams = FuturesUnordered::new();
+    let mut streams = Streams::new();
     let mut accepted = 0u64;
     let peer = &peer;
     let ended = poll_fn(|cx| loop {
         // Streams first, so what they answered goes out in this round's write.
-        while let Poll::Ready(Some(())) = streams.poll_next_unpin(cx) {}
+        streams.poll(cx);
         keep_alive.poll(cx, &mut conn, !streams.is_empty(), accepted);
         match conn.poll_accept(cx) {
             Poll::Ready(Some(Ok((req, respond)))) => {
