@@ -20,7 +20,6 @@ pub(super) struct Streams<F> {
     slots: Vec<Slot<F>>,
     /// Slots with no stream, for the next ones.
     free: Vec<usize>,
-    open: usize,
     woken: Arc<Woken>,
     /// The slots being polled this round; kept to reuse its allocation.
     batch: Vec<usize>,
@@ -74,14 +73,13 @@ impl<F: Future<Output = ()>> Streams<F> {
         Self {
             slots: Vec::new(),
             free: Vec::new(),
-            open: 0,
             woken: Arc::default(),
             batch: Vec::new(),
         }
     }
 
     pub(super) fn is_empty(&self) -> bool {
-        self.open == 0
+        self.free.len() == self.slots.len()
     }
 
     /// Adds a stream; it is polled on the next [`Streams::poll`].
@@ -95,7 +93,6 @@ impl<F: Future<Output = ()>> Streams<F> {
         };
         let slot = &mut self.slots[index];
         slot.future.set(Some(future));
-        self.open += 1;
         // Not a wake: the connection's task is running, and polls next.
         slot.wake.queue();
     }
@@ -133,11 +130,10 @@ impl<F: Future<Output = ()>> Streams<F> {
             {
                 slot.future.set(None);
                 self.free.push(index);
-                self.open -= 1;
             }
         }
         self.batch.clear();
-        if self.open == 0 {
+        if self.is_empty() {
             self.slots.clear();
             self.free.clear();
         }
