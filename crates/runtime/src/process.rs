@@ -1,5 +1,9 @@
-//! The process runtime: each instance is a local process in its own process
-//! group, so that stopping it reaches every worker it forked (gunicorn's, say).
+//! The process runtime: each instance is a local process in its own session
+//! and process group, so that stopping it reaches every worker it forked
+//! (gunicorn's, say), and so that the kernel schedules it apart from baton:
+//! with autogroup scheduling (Debian's default), a session is a scheduling
+//! group, and an app in baton's would share one CPU share with the proxy in
+//! front of it.
 //!
 //! Instances outlive baton on purpose: if `baton serve` dies, the apps keep
 //! running and the next `baton serve` adopts them (pid plus start time, from
@@ -54,8 +58,18 @@ impl Runtime for ProcessRuntime {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
-            .process_group(0)
             .kill_on_drop(false);
+        // SAFETY: setsid(2) is async-signal-safe and touches no memory of
+        // ours; it makes the child the leader of a new session and process
+        // group (pgid = pid), which is what `stop` signals.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let mut child = cmd.spawn().map_err(|source| RuntimeError::Spawn {
             program: program.clone(),
             source,

@@ -65,6 +65,32 @@ async fn stop_reaches_every_process_of_the_group() {
 }
 
 #[tokio::test]
+async fn an_instance_leads_its_own_session_and_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = ProcessRuntime::new();
+    let inst = rt
+        .start(&spec(dir.path(), "exec sleep 1000"))
+        .await
+        .unwrap();
+    let Some((pid, _)) = process(&inst) else {
+        panic!("not a process: {inst:?}");
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the name: state, ppid, pgrp, session.
+    let fields: Vec<u32> = stat[stat.rfind(')').unwrap() + 2..]
+        .split(' ')
+        .skip(2)
+        .take(2)
+        .map(|f| f.parse().unwrap())
+        .collect();
+    // SAFETY: getsid(0) only reads the calling process's session id.
+    let ours = unsafe { libc::getsid(0) } as u32;
+    rt.stop(&inst, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(fields, [pid, pid], "process group and session of {pid}");
+    assert_ne!(ours, pid);
+}
+
+#[tokio::test]
 async fn sigkill_after_grace_when_sigterm_is_ignored() {
     let dir = tempfile::tempdir().unwrap();
     let rt = ProcessRuntime::new();
