@@ -162,12 +162,16 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
+/// The fields of a /proc/PID/stat line after the command name (field 2),
+/// which may hold spaces: state, ppid, pgrp, session, and so on.
+fn stat_fields(stat: &str) -> Option<std::str::Split<'_, char>> {
+    Some(stat.get(stat.rfind(')')? + 2..)?.split(' '))
+}
+
 /// From a /proc/PID/stat line: the state (field 3) and when the process
 /// started, in clock ticks (field 22).
 pub(crate) fn parse_stat(stat: &str) -> Option<(char, u64)> {
-    // The command name (field 2) may hold spaces; fields after it are plain.
-    let after_name = stat.get(stat.rfind(')')? + 2..)?;
-    let mut fields = after_name.split(' ');
+    let mut fields = stat_fields(stat)?;
     let state = fields.next()?.chars().next()?;
     let ticks = fields.nth(18)?.trim().parse().ok()?;
     Some((state, ticks))
@@ -222,10 +226,10 @@ fn group_only_zombies(pgid: libc::pid_t) -> bool {
             continue;
         };
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let Some(close) = stat.rfind(')') else {
+        let Some(fields) = stat_fields(&stat) else {
             continue;
         };
-        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        let fields: Vec<&str> = fields.collect();
         // Fields after the name: state (0), ppid (1), pgrp (2).
         if fields.get(2).and_then(|g| g.parse::<libc::pid_t>().ok()) == Some(pgid)
             && fields.first() != Some(&"Z")

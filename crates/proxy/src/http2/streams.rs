@@ -151,8 +151,8 @@ mod tests {
     use std::rc::Rc;
     use std::task::Poll;
 
-    /// A future that counts its polls and is done after `polls` of them,
-    /// waking itself only when `self_wake` is set.
+    /// A future that counts its polls, is done after `done_after` of them,
+    /// and keeps the waker it was last polled with (it never wakes itself).
     struct Counted {
         polls: Rc<Cell<u32>>,
         done_after: u32,

@@ -77,8 +77,8 @@ async fn an_instance_leads_its_own_session_and_group() {
     };
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     // Fields after the name: state, ppid, pgrp, session.
-    let fields: Vec<u32> = stat[stat.rfind(')').unwrap() + 2..]
-        .split(' ')
+    let fields: Vec<u32> = stat_fields(&stat)
+        .unwrap()
         .skip(2)
         .take(2)
         .map(|f| f.parse().unwrap())
