@@ -8,6 +8,7 @@
 
 use std::ops::Range;
 
+use crate::ask::COLOR_HEADER;
 use crate::canary::SetCookie;
 use crate::forwarded::{push_field, Forwarding, Peer, RequestIds};
 
@@ -251,35 +252,40 @@ pub(crate) fn parse_response(
     }))
 }
 
-/// A target's response head as an HTTP/2 client gets it.
-#[derive(Debug)]
+/// A target's response head as the HTTP/2 path needs it; its fields go
+/// to a callback as they are parsed.
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct ResponseParts {
     pub(crate) head_len: usize,
-    /// Status and end-to-end fields; no body.
-    pub(crate) head: http::Response<()>,
+    pub(crate) status: u16,
     pub(crate) framing: Framing,
     pub(crate) reusable: bool,
 }
 
-/// Parses a response head from `buf` into `http` types, for the HTTP/2
-/// path: connection-specific fields (which HTTP/2 forbids) stay behind.
-/// `Ok(None)`: the head is not complete yet.
+/// Where the HTTP/2 path writes a response head as it is parsed.
+pub(crate) trait ResponseSink {
+    fn status(&mut self, code: u16);
+    fn field(&mut self, name: &[u8], value: &[u8]);
+}
+
+/// Parses a response head from `buf` for the HTTP/2 path, handing its
+/// status and then each end-to-end field to `sink`: connection-specific
+/// fields, which HTTP/2 forbids, stay behind. `Ok(None)`: the head is not
+/// complete yet.
 pub(crate) fn parse_response_parts(
     buf: &[u8],
     head_method: bool,
+    sink: &mut impl ResponseSink,
 ) -> Result<Option<ResponseParts>, HeadError> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut fields);
     let Some(head_len) = head_length(resp.parse(buf), buf.len())? else {
         return Ok(None);
     };
-    let code = resp.code.unwrap_or_default();
+    let status = resp.code.unwrap_or_default();
     let scan = Scan::of(resp.headers)?;
-    let framing = response_framing(code, head_method, &scan);
-    let mut head = http::Response::new(());
-    *head.status_mut() = http::StatusCode::from_u16(code)
-        .map_err(|_| HeadError::Malformed(format!("status {code}")))?;
-    let headers = head.headers_mut();
+    let framing = response_framing(status, head_method, &scan);
+    sink.status(status);
     for h in resp.headers.iter() {
         let name = h.name.as_bytes();
         if is_hop_by_hop(name, h.value)
@@ -288,17 +294,12 @@ pub(crate) fn parse_response_parts(
         {
             continue;
         }
-        let field = http::HeaderName::from_bytes(name)
-            .ok()
-            .zip(http::HeaderValue::from_bytes(h.value).ok());
-        if let Some((name, value)) = field {
-            headers.append(name, value);
-        }
+        sink.field(name, h.value);
     }
     Ok(Some(ResponseParts {
         head_len,
+        status,
         reusable: reusable(&resp, framing, &scan),
-        head,
         framing,
     }))
 }
@@ -423,7 +424,7 @@ impl<'a> Scan<'a> {
                 scan.request_id = true;
             } else if name.eq_ignore_ascii_case(b"cookie") {
                 scan.cookies.get_or_insert(h.value);
-            } else if name.eq_ignore_ascii_case(b"x-baton-color") {
+            } else if name.eq_ignore_ascii_case(COLOR_HEADER.as_bytes()) {
                 scan.color = Some(h.value);
             }
         }

@@ -36,7 +36,7 @@ use tokio::net::TcpStream;
 pub(crate) use body::Remaining;
 pub(crate) use connections::{Connections, Upstream};
 pub(crate) use head::{
-    is_idempotent, is_set_by_proxy, parse_response_parts, Framing, ResponseParts,
+    is_idempotent, is_set_by_proxy, parse_response_parts, Framing, ResponseParts, ResponseSink,
 };
 pub(crate) use idle::IdleClients;
 use idle::IdleSlot;

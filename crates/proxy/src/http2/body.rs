@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use h2::server::SendResponse;
-use h2::{Reason, SendStream};
-use http::Response;
 use tokio::net::TcpStream;
 
+use super::exchange::Response;
+use super::frame::Reason;
+use super::shared::StreamIo;
 use crate::http1::{Connections, Remaining};
 use crate::target::InFlight;
 
@@ -58,7 +58,7 @@ impl ResponseBody {
             kind: Kind::Target(Some(body)),
             hold: Some(hold),
         };
-        // hyper never polls a body that is empty from the start.
+        // A body empty from the start is never polled.
         if this.is_end_stream() {
             this.done();
         }
@@ -149,91 +149,50 @@ impl ResponseBody {
 /// Sends a response on its stream: the head, then the body as the client's
 /// flow-control windows allow. A body the target cuts short resets the
 /// stream, so the client does not take it for whole.
-pub(crate) async fn send(resp: Response<ResponseBody>, mut respond: SendResponse<Bytes>) {
-    let (parts, body) = resp.into_parts();
+pub(super) async fn send(resp: Response, io: &StreamIo) {
+    let Response { block, mut body } = resp;
     let end = body.is_end_stream();
-    let tx = match respond.send_response(Response::from_parts(parts, ()), end) {
-        Ok(tx) => tx,
-        Err(e) => {
-            tracing::debug!(error = %e, "HTTP/2 response not sent");
-            return;
-        }
-    };
+    io.send_headers(block.as_bytes(), end);
     if end {
         return;
     }
-    let mut pipe = Pipe {
-        body,
-        tx,
-        waiting: None,
-    };
-    if let Err(e) = poll_fn(|cx| pipe.poll(cx)).await {
-        tracing::debug!(error = %e, "HTTP/2 response body not sent whole");
-    }
+    let mut waiting = None;
+    poll_fn(|cx| pipe(cx, &mut body, io, &mut waiting)).await;
 }
 
-/// A body on its way into a stream.
-struct Pipe {
-    body: ResponseBody,
-    tx: SendStream<Bytes>,
-    /// A run read from the body that waits for window, and whether it ends it.
-    waiting: Option<(Bytes, bool)>,
-}
-
-impl Pipe {
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), h2::Error>> {
-        loop {
-            if let Some((data, end)) = self.waiting.take() {
-                // Sent once some window is there: h2 holds the rest until
-                // the client grants more, and asks for it meanwhile.
-                while self.tx.capacity() == 0 {
-                    match self.tx.poll_capacity(cx) {
-                        Poll::Ready(Some(Ok(_))) => {}
-                        Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
-                        Poll::Ready(None) => return Poll::Ready(Err(Reason::CANCEL.into())),
-                        Poll::Pending => {
-                            self.waiting = Some((data, end));
-                            return self.pending_unless_reset(cx);
-                        }
-                    }
-                }
-                self.tx.send_data(data, end)?;
-                if end {
-                    return Poll::Ready(Ok(()));
-                }
+/// Moves the body into the stream: each run read from the target waits
+/// (in `waiting`, with whether it ends the body) until it is all sent.
+fn pipe(
+    cx: &mut Context<'_>,
+    body: &mut ResponseBody,
+    io: &StreamIo,
+    waiting: &mut Option<(Bytes, bool)>,
+) -> Poll<()> {
+    loop {
+        if let Some((data, end)) = waiting {
+            // Pending until the client's window (or room to write) allows;
+            // the connection polls the stream again then.
+            ready!(io.poll_send(data, *end));
+            if *end {
+                return Poll::Ready(());
             }
-            match self.body.poll_data(cx) {
-                Poll::Ready(Some(Ok(data))) => {
-                    let end = self.body.is_end_stream();
-                    if data.is_empty() && !end {
-                        continue;
-                    }
-                    // A claim of one byte, not the run's length: claiming
-                    // what the window cannot yet hold would make every
-                    // waiting stream hold back window the others could use.
-                    self.tx.reserve_capacity(1);
-                    self.waiting = Some((data, end));
-                }
-                Poll::Ready(None) => {
-                    self.tx.send_data(Bytes::new(), true)?;
-                    return Poll::Ready(Ok(()));
-                }
-                Poll::Ready(Some(Err(e))) => {
-                    self.tx.send_reset(Reason::INTERNAL_ERROR);
-                    tracing::debug!(error = %e, "the target's body failed");
-                    return Poll::Ready(Ok(()));
-                }
-                Poll::Pending => return self.pending_unless_reset(cx),
-            }
+            *waiting = None;
         }
-    }
-
-    /// Waiting on the target or on window, unless the client reset the stream.
-    fn pending_unless_reset(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), h2::Error>> {
-        match self.tx.poll_reset(cx) {
-            Poll::Ready(Ok(reason)) => Poll::Ready(Err(reason.into())),
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => Poll::Pending,
+        match body.poll_data(cx) {
+            Poll::Ready(Some(Ok(data))) => {
+                let end = body.is_end_stream();
+                if data.is_empty() && !end {
+                    continue;
+                }
+                *waiting = Some((data, end));
+            }
+            Poll::Ready(None) => *waiting = Some((Bytes::new(), true)),
+            Poll::Ready(Some(Err(e))) => {
+                tracing::debug!(error = %e, "the target's body failed");
+                io.reset(Reason::INTERNAL_ERROR);
+                return Poll::Ready(());
+            }
+            Poll::Pending => return Poll::Pending,
         }
     }
 }

@@ -10,14 +10,13 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use h2::server::SendResponse;
-use h2::RecvStream;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{request, Method, Request, Response, StatusCode};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::body::{ResponseBody, TargetBody};
-use crate::ask::{cookie_in, Ask, COLOR_HEADER};
+use super::hpack::Block;
+use super::request::Request;
+use super::shared::StreamIo;
+use crate::ask::{cookie_in, Ask};
 use crate::canary::SetCookie;
 use crate::forward::{
     body_and_answer, read_head_more, Attempts, Failed, Forwarder, Progress, Routing,
@@ -30,27 +29,20 @@ use crate::http1::{
 use crate::router::Picked;
 use crate::target::InFlight;
 
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// What a stream answers: its header block and body.
+pub(super) struct Response {
+    pub(super) block: Block,
+    pub(super) body: ResponseBody,
+}
 
 impl Forwarder {
     /// Serves one stream: the request to a target, the answer back. A
-    /// client that resets the stream before the answer comes ends the
-    /// exchange, and with it the target's request.
-    pub(crate) async fn stream(
-        &self,
-        routing: &Routing,
-        peer: &Peer,
-        req: Request<RecvStream>,
-        mut respond: SendResponse<Bytes>,
-    ) {
-        let reset = std::future::poll_fn(|cx| respond.poll_reset(cx));
-        let resp = tokio::select! {
-            biased;
-            resp = self.handle(routing, peer, req) => resp,
-            _ = reset => return,
-        };
-        super::body::send(resp, respond).await;
+    /// client that resets the stream has its future dropped, and with it
+    /// the target's request.
+    pub(super) async fn stream(&self, routing: &Routing, peer: &Peer, req: Request, io: StreamIo) {
+        let resp = self.handle(routing, peer, &req, &io).await;
+        drop(req);
+        super::body::send(resp, &io).await;
     }
 
     /// The response to one HTTP/2 client request.
@@ -58,44 +50,46 @@ impl Forwarder {
         &self,
         routing: &Routing,
         peer: &Peer,
-        req: Request<RecvStream>,
-    ) -> Response<ResponseBody> {
-        let (parts, mut body) = req.into_parts();
-        let framing = request_framing(&parts, &body);
-        let ask = Head::of(&parts, peer);
+        req: &Request,
+        io: &StreamIo,
+    ) -> Response {
+        match req.refusal {
+            Some(431) => return error(431, "baton: request header fields too large\n"),
+            Some(status) => return error(status, "baton: CONNECT is not supported\n"),
+            None => {}
+        }
+        let framing = request_framing(req);
+        let ask = Head::of(req, peer);
         let mut out = Vec::with_capacity(1024);
         write_request_head(&ask, framing, &self.request_ids, &mut out);
-        let Picked { hold, cookie } = match pick(routing, &ask) {
+        let Picked { hold, cookie } = match routing.pick(&ask) {
             Ok(picked) => picked,
-            Err(resp) => return resp,
+            Err(no) => return error(no.status(), format!("baton: {no}\n")),
         };
-        let head_method = parts.method == Method::HEAD;
-        let replayable = framing == Framing::Empty && is_idempotent(parts.method.as_str());
+        let head_method = req.method() == "HEAD";
+        let replayable = framing == Framing::Empty && is_idempotent(req.method());
 
         let mut attempts = Attempts::new(hold);
         while let Some(mut upstream) = attempts.next(self).await {
             let request = Outgoing {
                 head: &out,
-                body: &mut body,
+                body: io,
                 framing,
                 head_method,
             };
             match send(&mut upstream, request, self.timeouts.response).await {
-                Ok((mut resp, buf, request_done)) => {
-                    let hold = attempts.into_hold();
+                Ok(answer) => {
+                    let mut answer = answer;
                     if let Some(cookie) = &cookie {
-                        add_set_cookie(resp.head.headers_mut(), cookie);
+                        add_set_cookie(&mut answer.block, cookie);
                     }
-                    return self.respond(upstream, resp, buf, request_done, hold);
+                    return self.respond(upstream, answer, attempts.into_hold());
                 }
                 // Dropped unanswered on a reused connection: send it again.
                 Err(Failed::Unanswered(e)) if upstream.reused && replayable => attempts.failed(e),
                 Err(Failed::TimedOut) => {
                     attempts.answered(504);
-                    return error(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "baton: the target did not answer in time\n",
-                    );
+                    return error(504, "baton: the target did not answer in time\n");
                 }
                 Err(e) => {
                     attempts.failed(e.to_string());
@@ -105,51 +99,59 @@ impl Forwarder {
         }
         attempts.answered(502);
         error(
-            StatusCode::BAD_GATEWAY,
+            502,
             format!("baton: upstream error: {}\n", attempts.last_error),
         )
     }
 
     /// The client's response; its body reads the rest from the target.
-    fn respond(
-        &self,
-        upstream: Upstream,
-        resp: ResponseParts,
-        buf: BytesMut,
-        request_done: bool,
-        mut hold: InFlight,
-    ) -> Response<ResponseBody> {
-        hold.answered(resp.head.status().as_u16());
+    fn respond(&self, upstream: Upstream, answer: Answer, mut hold: InFlight) -> Response {
+        let Answer {
+            parts,
+            block,
+            buf,
+            request_done,
+        } = answer;
+        hold.answered(parts.status);
         let target = TargetBody {
             stream: upstream.stream,
             buf,
-            remaining: Remaining::new(resp.framing),
-            reusable: resp.reusable && request_done,
+            remaining: Remaining::new(parts.framing),
+            reusable: parts.reusable && request_done,
             addr: hold.target().addr(),
             connections: self.connections.clone(),
         };
-        let (parts, ()) = resp.head.into_parts();
-        Response::from_parts(parts, ResponseBody::target(target, hold))
+        Response {
+            block,
+            body: ResponseBody::target(target, hold),
+        }
     }
 }
 
 /// A request as it goes to the target.
 struct Outgoing<'a> {
     head: &'a [u8],
-    body: &'a mut RecvStream,
+    body: &'a StreamIo,
     framing: Framing,
     head_method: bool,
 }
 
+/// A target's answer: its head, encoded for the client, what was read past
+/// it, and whether the whole request body went out.
+struct Answer {
+    parts: ResponseParts,
+    block: Block,
+    buf: BytesMut,
+    request_done: bool,
+}
+
 /// Writes the request and reads the response head, the request body
 /// streaming meanwhile; the response timeout runs from the body's end.
-/// Returns the head, what was read past it, and whether the whole request
-/// body went out.
 async fn send(
     upstream: &mut Upstream,
     req: Outgoing<'_>,
     timeout: Duration,
-) -> Result<(ResponseParts, BytesMut, bool), Failed> {
+) -> Result<Answer, Failed> {
     let Outgoing {
         head,
         body,
@@ -161,40 +163,38 @@ async fn send(
     }
     let (mut from, mut to) = upstream.stream.split();
     let mut buf = BytesMut::with_capacity(4096);
+    let mut block = Block::default();
     let progress = Progress::default();
     progress
         .request_done
         .store(framing == Framing::Empty, Relaxed);
     let copy = copy_request_body(body, &mut to, framing);
-    let answer = read_response_head(&mut from, &mut buf, head_method);
-    let resp = body_and_answer(&progress, copy, answer, timeout).await?;
-    Ok((resp, buf, progress.request_done.load(Relaxed)))
+    let answer = read_response_head(&mut from, &mut buf, &mut block, head_method);
+    let parts = body_and_answer(&progress, copy, answer, timeout).await?;
+    Ok(Answer {
+        parts,
+        block,
+        buf,
+        request_done: progress.request_done.load(Relaxed),
+    })
 }
 
 /// Streams the client's body to the target, chunked unless its length is known.
-async fn copy_request_body<W>(
-    body: &mut RecvStream,
-    to: &mut W,
-    framing: Framing,
-) -> Result<(), Failed>
+async fn copy_request_body<W>(body: &StreamIo, to: &mut W, framing: Framing) -> Result<(), Failed>
 where
     W: AsyncWrite + Unpin,
 {
     let chunked = framing == Framing::Chunked;
     let write_failed =
         |e: std::io::Error| Failed::Upstream(format!("writing the request body: {e}"));
-    // Trailers, if any, are not carried over HTTP/1.1 here.
     while let Some(data) = body.data().await {
-        let data = data.map_err(|e| Failed::Client(format!("request body: {e}")))?;
-        // Taken off the stream's window, so the client may send more.
-        let _ = body.flow_control().release_capacity(data.len());
-        if chunked && !data.is_empty() {
+        if chunked {
             to.write_all(format!("{:x}\r\n", data.len()).as_bytes())
                 .await
                 .map_err(write_failed)?;
         }
         to.write_all(&data).await.map_err(write_failed)?;
-        if chunked && !data.is_empty() {
+        if chunked {
             to.write_all(b"\r\n").await.map_err(write_failed)?;
         }
     }
@@ -205,11 +205,12 @@ where
 }
 
 /// Reads until a final response head is in `buf` (interim 1xx answers are
-/// dropped: there is no HTTP/2 stream to send them on here), and leaves
-/// what follows it in `buf`.
+/// dropped: there is no HTTP/2 stream to send them on here), encodes it
+/// for the client into `block`, and leaves what follows it in `buf`.
 async fn read_response_head<R>(
     from: &mut R,
     buf: &mut BytesMut,
+    block: &mut Block,
     head_method: bool,
 ) -> Result<ResponseParts, Failed>
 where
@@ -219,11 +220,12 @@ where
     loop {
         if !buf.is_empty() {
             answered = true;
-            match parse_response_parts(buf, head_method) {
-                Ok(Some(resp)) if resp.head.status() == StatusCode::SWITCHING_PROTOCOLS => {
+            block.clear();
+            match parse_response_parts(buf, head_method, block) {
+                Ok(Some(resp)) if resp.status == 101 => {
                     return Err(Failed::Upstream("unexpected 101 from the target".into()))
                 }
-                Ok(Some(resp)) if resp.head.status().is_informational() => {
+                Ok(Some(resp)) if (100..200).contains(&resp.status) => {
                     let _ = buf.split_to(resp.head_len);
                     continue;
                 }
@@ -240,16 +242,11 @@ where
 }
 
 /// How the request's body goes to the target.
-fn request_framing(parts: &request::Parts, body: &RecvStream) -> Framing {
-    if body.is_end_stream() {
+fn request_framing(req: &Request) -> Framing {
+    if req.end_stream {
         return Framing::Empty;
     }
-    let length = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok());
-    match length {
+    match req.content_length {
         Some(n) => Framing::Length(n),
         None => Framing::Chunked,
     }
@@ -257,23 +254,22 @@ fn request_framing(parts: &request::Parts, body: &RecvStream) -> Framing {
 
 /// The HTTP/1.1 head of the request as the target gets it, written
 /// straight from the client's fields. Connection-specific fields cannot be
-/// among them: RFC 9113 §8.2.2 makes such a request malformed, and h2
-/// resets its stream before it gets here.
+/// among them: RFC 9113 §8.2.2 makes such a request malformed, and it was
+/// refused before it got here.
 fn write_request_head(ask: &Head<'_>, framing: Framing, ids: &RequestIds, out: &mut Vec<u8>) {
-    let parts = ask.parts;
-    out.extend_from_slice(parts.method.as_str().as_bytes());
+    let req = ask.req;
+    out.extend_from_slice(req.method().as_bytes());
     out.push(b' ');
-    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(req.path().as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     if ask.cookies.is_some() {
         // HTTP/2 may split Cookie; HTTP/1.1 wants one field (RFC 9113 §8.2.3).
         out.extend_from_slice(b"cookie: ");
-        for (i, c) in parts.headers.get_all(header::COOKIE).iter().enumerate() {
+        for (i, c) in req.cookies().enumerate() {
             if i > 0 {
                 out.extend_from_slice(b"; ");
             }
-            out.extend_from_slice(c.as_bytes());
+            out.extend_from_slice(c);
         }
         out.extend_from_slice(b"\r\n");
     }
@@ -283,18 +279,18 @@ fn write_request_head(ask: &Head<'_>, framing: Framing, ids: &RequestIds, out: &
         add_host: !ask.has_host,
         has_request_id: false,
     };
-    for (name, value) in &parts.headers {
-        if name == header::COOKIE {
+    for (name, value) in req.fields() {
+        if name == b"cookie" {
             continue;
         }
-        if name == X_FORWARDED_FOR {
-            forwarding.prior_for.get_or_insert(value.as_bytes());
+        if name == b"x-forwarded-for" {
+            forwarding.prior_for.get_or_insert(value);
         }
-        if is_set_by_proxy(name.as_str().as_bytes()) {
+        if is_set_by_proxy(name) {
             continue;
         }
-        forwarding.has_request_id |= name == X_REQUEST_ID;
-        push_field(out, name.as_str().as_bytes(), value.as_bytes());
+        forwarding.has_request_id |= name == b"x-request-id";
+        push_field(out, name, value);
     }
     forwarding.write(ask.peer, ids, out);
     if framing == Framing::Chunked {
@@ -303,44 +299,33 @@ fn write_request_head(ask: &Head<'_>, framing: Framing, ids: &RequestIds, out: &
     out.extend_from_slice(b"\r\n");
 }
 
-/// The request as routing sees it, its fields found in one pass rather
-/// than a hash lookup each.
+/// The request as routing sees it.
 struct Head<'a> {
-    parts: &'a request::Parts,
+    req: &'a Request,
     /// The Host field, or else `:authority`: HTTP/2 carries the host there.
     host: Option<&'a str>,
     /// The client sent a Host field (HTTP/2 clients mostly do not).
     has_host: bool,
-    color: Option<&'a [u8]>,
     /// The first Cookie field.
     cookies: Option<&'a [u8]>,
     peer: &'a Peer,
 }
 
 impl<'a> Head<'a> {
-    fn of(parts: &'a request::Parts, peer: &'a Peer) -> Self {
-        let mut head = Self {
-            parts,
-            host: None,
-            has_host: false,
-            color: None,
-            cookies: None,
-            peer,
+    fn of(req: &'a Request, peer: &'a Peer) -> Self {
+        let field = req.host();
+        // Checked to be visible ASCII when decoded.
+        let host = match field {
+            Some(h) => std::str::from_utf8(h).ok(),
+            None => req.authority(),
         };
-        for (name, value) in &parts.headers {
-            if name == header::HOST {
-                head.has_host = true;
-                head.host = value.to_str().ok();
-            } else if name == header::COOKIE {
-                head.cookies.get_or_insert(value.as_bytes());
-            } else if name.as_str() == COLOR_HEADER {
-                head.color = Some(value.as_bytes());
-            }
+        Self {
+            req,
+            host,
+            has_host: field.is_some(),
+            cookies: req.first_cookie(),
+            peer,
         }
-        if !head.has_host {
-            head.host = parts.uri.authority().map(|a| a.as_str());
-        }
-        head
     }
 }
 
@@ -349,7 +334,7 @@ impl Ask for Head<'_> {
         self.host
     }
     fn color_header(&self) -> Option<&[u8]> {
-        self.color
+        self.req.color()
     }
     fn cookies(&self) -> Option<&[u8]> {
         self.cookies
@@ -357,70 +342,62 @@ impl Ask for Head<'_> {
     /// HTTP/2 may split cookies over several fields: each is looked in.
     fn cookie(&self, name: &str) -> Option<&[u8]> {
         self.cookies?;
-        self.parts
-            .headers
-            .get_all(header::COOKIE)
-            .iter()
-            .find_map(|v| cookie_in(v.as_bytes(), name))
+        self.req.cookies().find_map(|v| cookie_in(v, name))
     }
     fn header(&self, name: &str) -> Option<&[u8]> {
-        self.parts.headers.get(name).map(|v| v.as_bytes())
+        self.req.header(name)
     }
     fn client_ip(&self) -> &str {
         self.peer.ip()
     }
 }
 
-fn add_set_cookie(headers: &mut HeaderMap, cookie: &SetCookie) {
+fn add_set_cookie(block: &mut Block, cookie: &SetCookie) {
     let mut value = Vec::with_capacity(64);
     cookie.write_value(&mut value);
-    if let Ok(v) = HeaderValue::from_bytes(&value) {
-        headers.append(header::SET_COOKIE, v);
-    }
+    block.field(b"set-cookie", &value);
 }
 
-/// Takes a target for the request, or says why there is none.
-// The error is the response to send, built on the cold path only.
-#[allow(clippy::result_large_err)]
-fn pick(routing: &Routing, ask: &Head<'_>) -> Result<Picked, Response<ResponseBody>> {
-    routing.pick(ask).map_err(|no| {
-        let status = StatusCode::from_u16(no.status()).unwrap_or(StatusCode::BAD_GATEWAY);
-        error(status, format!("baton: {no}\n"))
-    })
-}
-
-fn error(status: StatusCode, text: impl Into<Bytes>) -> Response<ResponseBody> {
+/// baton's own answer: a status and a line of text.
+fn error(status: u16, text: impl Into<Bytes>) -> Response {
     let text = text.into();
-    let length = HeaderValue::from(text.len());
-    let mut resp = Response::new(ResponseBody::full(text));
-    *resp.status_mut() = status;
-    let headers = resp.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    headers.insert(header::CONTENT_LENGTH, length);
-    resp
+    let mut block = Block::default();
+    block.status(status);
+    block.field(b"content-type", b"text/plain; charset=utf-8");
+    block.field(b"content-length", text.len().to_string().as_bytes());
+    Response {
+        block,
+        body: ResponseBody::full(text),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http2::request::Builder;
 
-    fn parts(headers: &[(&str, &str)]) -> request::Parts {
-        let mut b = Request::get("http://example.com/a?b=1");
-        for (k, v) in headers {
-            b = b.header(*k, *v);
+    fn request(headers: &[(&str, &str)]) -> Request {
+        let mut b = Builder::default();
+        for (n, v) in [
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":authority", "example.com"),
+            (":path", "/a?b=1"),
+        ]
+        .iter()
+        .chain(headers)
+        {
+            b.field(n.as_bytes(), v.as_bytes());
         }
-        b.body(()).unwrap().into_parts().0
+        b.finish(true).unwrap()
     }
 
     fn head_for_target(headers: &[(&str, &str)]) -> String {
         let ids = RequestIds::new();
         let peer = Peer::new("10.1.2.3:5555".parse().unwrap());
-        let p = parts(headers);
+        let req = request(headers);
         let mut out = Vec::new();
-        write_request_head(&Head::of(&p, &peer), Framing::Empty, &ids, &mut out);
+        write_request_head(&Head::of(&req, &peer), Framing::Empty, &ids, &mut out);
         String::from_utf8(out).unwrap()
     }
 

@@ -82,8 +82,9 @@ impl<F: Future<Output = ()>> Streams<F> {
         self.free.len() == self.slots.len()
     }
 
-    /// Adds a stream; it is polled on the next [`Streams::poll`].
-    pub(super) fn push(&mut self, future: F) {
+    /// Adds a stream; it is polled on the next [`Streams::poll`]. Returns
+    /// its slot, which is the stream's until its future is done or cancelled.
+    pub(super) fn push(&mut self, future: F) -> usize {
         let index = match self.free.pop() {
             Some(index) => index,
             None => {
@@ -95,6 +96,26 @@ impl<F: Future<Output = ()>> Streams<F> {
         slot.future.set(Some(future));
         // Not a wake: the connection's task is running, and polls next.
         slot.wake.queue();
+        index
+    }
+
+    /// Has the stream in `slot` polled on the next [`Streams::poll`]; the
+    /// connection's task, which calls this, is running.
+    pub(super) fn queue(&mut self, slot: usize) {
+        if let Some(slot) = self.slots.get(slot) {
+            slot.wake.queue();
+        }
+    }
+
+    /// Drops the stream in `slot`, done or not.
+    pub(super) fn cancel(&mut self, index: usize) {
+        let Some(slot) = self.slots.get_mut(index) else {
+            return;
+        };
+        if slot.future.is_some() {
+            slot.future.set(None);
+            self.free.push(index);
+        }
     }
 
     fn new_slot(&self) -> Slot<F> {
