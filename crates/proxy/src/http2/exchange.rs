@@ -9,10 +9,11 @@
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use super::body::{ResponseBody, TargetBody};
+use super::body;
+use super::frame::Reason;
 use super::hpack::Block;
 use super::request::Request;
 use super::shared::StreamIo;
@@ -27,70 +28,61 @@ use crate::http1::{
     Upstream,
 };
 use crate::router::Picked;
-use crate::target::InFlight;
-
-/// What a stream answers: its header block and body.
-pub(super) struct Response {
-    pub(super) block: Block,
-    pub(super) body: ResponseBody,
-}
 
 impl Forwarder {
     /// Serves one stream: the request to a target, the answer back. A
     /// client that resets the stream has its future dropped, and with it
     /// the target's request.
     pub(super) async fn stream(&self, routing: &Routing, peer: &Peer, req: Request, io: StreamIo) {
-        let resp = self.handle(routing, peer, &req, &io).await;
-        drop(req);
-        super::body::send(resp, &io).await;
-    }
-
-    /// The response to one HTTP/2 client request.
-    async fn handle(
-        &self,
-        routing: &Routing,
-        peer: &Peer,
-        req: &Request,
-        io: &StreamIo,
-    ) -> Response {
         match req.refusal {
-            Some(431) => return error(431, "baton: request header fields too large\n"),
-            Some(status) => return error(status, "baton: CONNECT is not supported\n"),
+            Some(431) => {
+                return body::text(&io, 431, "baton: request header fields too large\n").await
+            }
+            Some(status) => {
+                return body::text(&io, status, "baton: CONNECT is not supported\n").await
+            }
             None => {}
         }
-        let framing = request_framing(req);
-        let ask = Head::of(req, peer);
-        let mut out = Vec::with_capacity(1024);
-        write_request_head(&ask, framing, &self.request_ids, &mut out);
+        let framing = request_framing(&req);
+        let ask = Head::of(&req, peer);
+        let mut head = Vec::with_capacity(1024);
+        write_request_head(&ask, framing, &self.request_ids, &mut head);
         let Picked { hold, cookie } = match routing.pick(&ask) {
             Ok(picked) => picked,
-            Err(no) => return error(no.status(), format!("baton: {no}\n")),
+            Err(no) => return body::text(&io, no.status(), &format!("baton: {no}\n")).await,
         };
-        let head_method = req.method() == "HEAD";
+        let outgoing = Outgoing {
+            head: &head,
+            io: &io,
+            framing,
+            head_method: req.method() == "HEAD",
+            cookie: cookie.as_ref(),
+        };
         let replayable = framing == Framing::Empty && is_idempotent(req.method());
 
         let mut attempts = Attempts::new(hold);
         while let Some(mut upstream) = attempts.next(self).await {
-            let request = Outgoing {
-                head: &out,
-                body: io,
-                framing,
-                head_method,
-            };
-            match send(&mut upstream, request, self.timeouts.response).await {
-                Ok(answer) => {
-                    let mut answer = answer;
-                    if let Some(cookie) = &cookie {
-                        add_set_cookie(&mut answer.block, cookie);
+            match outgoing
+                .send(&mut upstream, &mut attempts, self.timeouts.response)
+                .await
+            {
+                Ok(reusable) => {
+                    let hold = attempts.into_hold();
+                    if reusable {
+                        self.connections.put(hold.target().addr(), upstream.stream);
                     }
-                    return self.respond(upstream, answer, attempts.into_hold());
+                    return;
                 }
                 // Dropped unanswered on a reused connection: send it again.
                 Err(Failed::Unanswered(e)) if upstream.reused && replayable => attempts.failed(e),
                 Err(Failed::TimedOut) => {
                     attempts.answered(504);
-                    return error(504, "baton: the target did not answer in time\n");
+                    let text = "baton: the target did not answer in time\n";
+                    return body::text(&io, 504, text).await;
                 }
+                // The head went out: all that is left is to say it is not whole.
+                Err(Failed::Broken) => return io.reset(Reason::INTERNAL_ERROR),
+                Err(Failed::Client(_)) => return,
                 Err(e) => {
                     attempts.failed(e.to_string());
                     break;
@@ -98,85 +90,62 @@ impl Forwarder {
             }
         }
         attempts.answered(502);
-        error(
-            502,
-            format!("baton: upstream error: {}\n", attempts.last_error),
-        )
-    }
-
-    /// The client's response; its body reads the rest from the target.
-    fn respond(&self, upstream: Upstream, answer: Answer, mut hold: InFlight) -> Response {
-        let Answer {
-            parts,
-            block,
-            buf,
-            request_done,
-        } = answer;
-        hold.answered(parts.status);
-        let target = TargetBody {
-            stream: upstream.stream,
-            buf,
-            remaining: Remaining::new(parts.framing),
-            reusable: parts.reusable && request_done,
-            addr: hold.target().addr(),
-            connections: self.connections.clone(),
-        };
-        Response {
-            block,
-            body: ResponseBody::target(target, hold),
-        }
+        let text = format!("baton: upstream error: {}\n", attempts.last_error);
+        body::text(&io, 502, &text).await;
     }
 }
 
 /// A request as it goes to the target.
 struct Outgoing<'a> {
     head: &'a [u8],
-    body: &'a StreamIo,
+    io: &'a StreamIo,
     framing: Framing,
     head_method: bool,
+    /// Set on the answer, for a canary's stickiness.
+    cookie: Option<&'a SetCookie>,
 }
 
-/// A target's answer: its head, encoded for the client, what was read past
-/// it, and whether the whole request body went out.
-struct Answer {
-    parts: ResponseParts,
-    block: Block,
-    buf: BytesMut,
-    request_done: bool,
-}
-
-/// Writes the request and reads the response head, the request body
-/// streaming meanwhile; the response timeout runs from the body's end.
-async fn send(
-    upstream: &mut Upstream,
-    req: Outgoing<'_>,
-    timeout: Duration,
-) -> Result<Answer, Failed> {
-    let Outgoing {
-        head,
-        body,
-        framing,
-        head_method,
-    } = req;
-    if let Err(e) = upstream.stream.write_all(head).await {
-        return Err(Failed::Unanswered(format!("writing the request: {e}")));
+impl Outgoing<'_> {
+    /// Writes the request to the target and relays the answer to the
+    /// client. Both bodies stream at once, as on the HTTP/1.1 path: an
+    /// early answer gets through while the request body is still coming,
+    /// and a target that answers as it reads gets the rest of it. The
+    /// response timeout runs from the request body's end to the answer's
+    /// head. `Ok(true)`: the connection can carry another request.
+    async fn send(
+        &self,
+        upstream: &mut Upstream,
+        attempts: &mut Attempts,
+        timeout: Duration,
+    ) -> Result<bool, Failed> {
+        if let Err(e) = upstream.stream.write_all(self.head).await {
+            return Err(Failed::Unanswered(format!("writing the request: {e}")));
+        }
+        let (mut from, mut to) = upstream.stream.split();
+        let progress = Progress::default();
+        progress
+            .request_done
+            .store(self.framing == Framing::Empty, Relaxed);
+        let copy = copy_request_body(self.io, &mut to, self.framing);
+        let answer = async {
+            let mut buf = BytesMut::with_capacity(4096);
+            let mut block = Block::default();
+            let parts =
+                read_response_head(&mut from, &mut buf, &mut block, self.head_method).await?;
+            progress.answered.store(true, Relaxed);
+            attempts.answered(parts.status);
+            if let Some(cookie) = self.cookie {
+                add_set_cookie(&mut block, cookie);
+            }
+            let remaining = Remaining::new(parts.framing);
+            let ends_here = remaining.is_done();
+            self.io.send_headers(block.as_bytes(), ends_here);
+            let whole = ends_here || body::relay(&mut from, &mut buf, remaining, self.io).await?;
+            Ok(parts.reusable && whole && buf.is_empty())
+        };
+        let reusable = body_and_answer(&progress, copy, answer, timeout).await?;
+        Ok(reusable && progress.request_done.load(Relaxed))
     }
-    let (mut from, mut to) = upstream.stream.split();
-    let mut buf = BytesMut::with_capacity(4096);
-    let mut block = Block::default();
-    let progress = Progress::default();
-    progress
-        .request_done
-        .store(framing == Framing::Empty, Relaxed);
-    let copy = copy_request_body(body, &mut to, framing);
-    let answer = read_response_head(&mut from, &mut buf, &mut block, head_method);
-    let parts = body_and_answer(&progress, copy, answer, timeout).await?;
-    Ok(Answer {
-        parts,
-        block,
-        buf,
-        request_done: progress.request_done.load(Relaxed),
-    })
 }
 
 /// Streams the client's body to the target, chunked unless its length is known.
@@ -356,19 +325,6 @@ fn add_set_cookie(block: &mut Block, cookie: &SetCookie) {
     let mut value = Vec::with_capacity(64);
     cookie.write_value(&mut value);
     block.field(b"set-cookie", &value);
-}
-
-/// baton's own answer: a status and a line of text.
-fn error(status: u16, text: impl Into<Bytes>) -> Response {
-    let text = text.into();
-    let mut block = Block::default();
-    block.status(status);
-    block.field(b"content-type", b"text/plain; charset=utf-8");
-    block.field(b"content-length", text.len().to_string().as_bytes());
-    Response {
-        block,
-        body: ResponseBody::full(text),
-    }
 }
 
 #[cfg(test)]
