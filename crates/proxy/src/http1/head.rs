@@ -188,7 +188,7 @@ pub(crate) fn parse_request(
             && scan
                 .upgrade
                 .is_some_and(|u| u.eq_ignore_ascii_case(b"websocket")),
-        idempotent: is_idempotent(method),
+        idempotent: is_idempotent(method.as_bytes()),
         head_method: method == "HEAD",
         host: host.map(|h| range_in(buf, h)),
         color: scan.color.map(|c| range_in(buf, c)),
@@ -337,10 +337,10 @@ fn reusable(resp: &httparse::Response, framing: Framing, scan: &Scan) -> bool {
 }
 
 /// Safe to send twice (RFC 9110 §9.2.2).
-pub(crate) fn is_idempotent(method: &str) -> bool {
+pub(crate) fn is_idempotent(method: &[u8]) -> bool {
     matches!(
         method,
-        "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
+        b"GET" | b"HEAD" | b"OPTIONS" | b"PUT" | b"DELETE" | b"TRACE"
     )
 }
 

@@ -55,7 +55,7 @@ impl Forwarder {
             head: &head,
             io: &io,
             framing,
-            head_method: req.method() == "HEAD",
+            head_method: req.method() == b"HEAD",
             cookie: cookie.as_ref(),
         };
         let replayable = framing == Framing::Empty && is_idempotent(req.method());
@@ -227,9 +227,9 @@ fn request_framing(req: &Request) -> Framing {
 /// refused before it got here.
 fn write_request_head(ask: &Head<'_>, framing: Framing, ids: &RequestIds, out: &mut Vec<u8>) {
     let req = ask.req;
-    out.extend_from_slice(req.method().as_bytes());
+    out.extend_from_slice(req.method());
     out.push(b' ');
-    out.extend_from_slice(req.path().as_bytes());
+    out.extend_from_slice(req.path());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     if ask.cookies.is_some() {
         // HTTP/2 may split Cookie; HTTP/1.1 wants one field (RFC 9113 §8.2.3).

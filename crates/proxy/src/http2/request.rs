@@ -42,16 +42,18 @@ struct Field {
 }
 
 impl Request {
-    pub(super) fn method(&self) -> &str {
-        self.str(self.method.clone())
+    pub(super) fn method(&self) -> &[u8] {
+        self.bytes(self.method.clone())
     }
 
-    pub(super) fn path(&self) -> &str {
-        self.str(self.path.clone())
+    pub(super) fn path(&self) -> &[u8] {
+        self.bytes(self.path.clone())
     }
 
     pub(super) fn authority(&self) -> Option<&str> {
-        self.authority.clone().map(|r| self.str(r))
+        // Checked to be visible ASCII when decoded.
+        let bytes = self.bytes(self.authority.clone()?);
+        std::str::from_utf8(bytes).ok()
     }
 
     /// The regular fields, in order.
@@ -98,9 +100,8 @@ impl Request {
         )
     }
 
-    fn str(&self, r: Range<u32>) -> &str {
-        // Checked to be visible ASCII when decoded.
-        std::str::from_utf8(&self.text[r.start as usize..r.end as usize]).unwrap_or_default()
+    fn bytes(&self, r: Range<u32>) -> &[u8] {
+        &self.text[r.start as usize..r.end as usize]
     }
 }
 
@@ -112,13 +113,30 @@ pub(super) struct Malformed(pub(super) &'static str);
 /// Builds a [`Request`] from decoded fields, remembering the first thing
 /// wrong with them. Every field of the block must be taken even then, so
 /// that the decoder's table stays in step with the client's.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Builder {
     req: Request,
     scheme: bool,
     regular: bool,
     list_size: usize,
     error: Option<&'static str>,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Self {
+            // A usual request's head fits: one allocation each, no regrowth.
+            req: Request {
+                text: Vec::with_capacity(512),
+                fields: Vec::with_capacity(16),
+                ..Request::default()
+            },
+            scheme: false,
+            regular: false,
+            list_size: 0,
+            error: None,
+        }
+    }
 }
 
 impl Builder {
@@ -141,7 +159,7 @@ impl Builder {
             return self.pseudo(pseudo, value);
         }
         self.regular = true;
-        if name.is_empty() || !name.iter().all(|&b| is_lower_tchar(b)) {
+        if name.is_empty() || !all(name, LOWER_TOKEN) {
             return Err("a field name that is not a lower-case token");
         }
         if !valid_value(value) {
@@ -163,7 +181,7 @@ impl Builder {
         let index = self.req.fields.len();
         match name {
             b"host" => {
-                if !value.iter().all(|&b| b > b' ' && b < 0x7f) {
+                if !all(value, VISIBLE) {
                     return Err("an invalid host");
                 }
                 self.req.host.get_or_insert(index);
@@ -190,19 +208,19 @@ impl Builder {
         }
         match name {
             b"method" if self.req.method.is_empty() => {
-                if value.is_empty() || !value.iter().all(|&b| is_tchar(b)) {
+                if value.is_empty() || !all(value, TOKEN) {
                     return Err("an invalid :method");
                 }
                 self.req.method = self.range(value);
             }
             b"path" if self.req.path.is_empty() => {
-                if value.is_empty() || !value.iter().all(|&b| b > b' ' && b != 0x7f) {
+                if value.is_empty() || !all(value, TARGET) {
                     return Err("an invalid :path");
                 }
                 self.req.path = self.range(value);
             }
             b"authority" if self.req.authority.is_none() => {
-                if !value.iter().all(|&b| b > b' ' && b < 0x7f) {
+                if !all(value, VISIBLE) {
                     return Err("an invalid :authority");
                 }
                 self.req.authority = Some(self.range(value));
@@ -225,7 +243,7 @@ impl Builder {
         if self.req.refusal.is_some() {
             return Ok(self.req);
         }
-        if self.req.method() == "CONNECT" {
+        if self.req.method() == b"CONNECT" {
             self.req.refusal = Some(405);
             return Ok(self.req);
         }
@@ -233,8 +251,8 @@ impl Builder {
             return Err(Malformed("a missing :method, :scheme or :path"));
         }
         let path = self.req.path();
-        let asterisk = path == "*" && self.req.method() == "OPTIONS";
-        if !path.starts_with('/') && !asterisk {
+        let asterisk = path == b"*" && self.req.method() == b"OPTIONS";
+        if !path.starts_with(b"/") && !asterisk {
             return Err(Malformed("a :path that is not absolute"));
         }
         if end_stream && self.req.content_length.is_some_and(|n| n > 0) {
@@ -268,23 +286,70 @@ impl Trailers {
     }
 }
 
-/// A token character (RFC 9110 §5.6.2).
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
+/// Byte classes, one bit each, looked up once per byte.
+const TOKEN: u8 = 1;
+const LOWER_TOKEN: u8 = 2;
+/// In a field value: no control character but tab.
+const VALUE: u8 = 4;
+/// Visible ASCII: a host.
+const VISIBLE: u8 = 8;
+/// In a request target: no space or control character.
+const TARGET: u8 = 16;
 
-fn is_lower_tchar(b: u8) -> bool {
-    is_tchar(b) && !b.is_ascii_uppercase()
+const CLASSES: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        let token = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        let mut class = 0;
+        if token {
+            class |= TOKEN;
+            if !c.is_ascii_uppercase() {
+                class |= LOWER_TOKEN;
+            }
+        }
+        if (c >= b' ' && c != 0x7f) || c == b'\t' {
+            class |= VALUE;
+        }
+        if c > b' ' && c < 0x7f {
+            class |= VISIBLE;
+        }
+        if c > b' ' && c != 0x7f {
+            class |= TARGET;
+        }
+        table[b] = class;
+        b += 1;
+    }
+    table
+};
+
+/// Every byte of `bytes` is of `class`.
+fn all(bytes: &[u8], class: u8) -> bool {
+    bytes.iter().all(|&b| CLASSES[b as usize] & class != 0)
 }
 
 /// No control character but tab, no whitespace at either end.
 fn valid_value(value: &[u8]) -> bool {
     let edge = |b: Option<&u8>| matches!(b, Some(b' ' | b'\t'));
-    !edge(value.first())
-        && !edge(value.last())
-        && value
-            .iter()
-            .all(|&b| (b >= b' ' && b != 0x7f) || b == b'\t')
+    !edge(value.first()) && !edge(value.last()) && all(value, VALUE)
 }
 
 fn parse_length(value: &[u8]) -> Option<u64> {
@@ -325,8 +390,8 @@ mod tests {
             true,
         )
         .unwrap();
-        assert_eq!(req.method(), "GET");
-        assert_eq!(req.path(), "/a?b");
+        assert_eq!(req.method(), b"GET");
+        assert_eq!(req.path(), b"/a?b");
         assert_eq!(req.authority(), Some("app.example:8080"));
         assert_eq!(req.host(), None);
         assert_eq!(req.first_cookie(), Some(&b"a=1"[..]));

@@ -41,24 +41,24 @@ async fn answer(req: Request, io: StreamIo, dropped: Arc<Dropped>) {
     let mut block = Block::default();
     block.status(200);
     let body = match req.path() {
-        "/echo" => {
+        b"/echo" => {
             let mut body = Vec::new();
             while let Some(data) = io.data().await {
                 body.extend_from_slice(&data);
             }
             Bytes::from(body)
         }
-        "/hold" => {
+        b"/hold" => {
             let _guard = OnDrop(dropped);
             std::future::pending::<()>().await;
             unreachable!()
         }
-        "/big" => Bytes::from(vec![b'x'; 100 * 1024]),
-        "/big-head" => {
+        b"/big" => Bytes::from(vec![b'x'; 100 * 1024]),
+        b"/big-head" => {
             block.field(b"x-big", &[b'h'; 20 * 1024]);
             Bytes::new()
         }
-        path => Bytes::copy_from_slice(path.as_bytes()),
+        path => Bytes::copy_from_slice(path),
     };
     block.field(b"X-Length", body.len().to_string().as_bytes());
     io.send_headers(block.as_bytes(), false);

@@ -173,8 +173,15 @@ fn string(block: &mut &[u8], out: &mut Vec<u8>) -> Result<(), DecodeError> {
 /// client's dynamic table, so there is no state beyond the bytes (the
 /// connection tells the client so with a table size update, see
 /// `shared`).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Block(Vec<u8>);
+
+impl Default for Block {
+    fn default() -> Self {
+        // A usual response's head fits: one allocation, no regrowth.
+        Self(Vec::with_capacity(256))
+    }
+}
 
 impl Block {
     pub(super) fn as_bytes(&self) -> &[u8] {
@@ -220,7 +227,9 @@ impl Block {
             None => {
                 out.push(0x00);
                 put_integer(name.len(), 7, 0x00, out);
-                out.extend(name.iter().map(u8::to_ascii_lowercase));
+                let at = out.len();
+                out.extend_from_slice(name);
+                out[at..].make_ascii_lowercase();
             }
         }
         put_integer(value.len(), 7, 0x00, out);
@@ -239,18 +248,45 @@ impl ResponseSink for Block {
 }
 
 /// The static table's index for a response field's name, if it has one.
+/// Request-only and pseudo names are left out: responses do not carry
+/// them, and a miss costs only the literal name.
 fn static_name(name: &[u8]) -> Option<usize> {
-    // Static entries of one name are consecutive; the first is found.
-    // Request-only and pseudo names are left out: responses do not carry
-    // them, and a miss costs only the literal name.
-    const RESPONSE_NAMES: [usize; 27] = [
-        18, 20, 21, 22, 24, 25, 26, 27, 28, 29, 30, 31, 33, 34, 36, 44, 45, 46, 48, 52, 53, 54, 55,
-        56, 59, 60, 61,
-    ];
-    RESPONSE_NAMES
-        .iter()
-        .copied()
-        .find(|&i| STATIC[i - 1].0.eq_ignore_ascii_case(name))
+    // Lower-cased once, then matched whole: a length switch and a compare
+    // or two, where comparing case-insensitively with each name costs more.
+    let mut buf = [0u8; 27];
+    let lower = buf.get_mut(..name.len())?;
+    lower.copy_from_slice(name);
+    lower.make_ascii_lowercase();
+    Some(match &*lower {
+        b"accept-ranges" => 18,
+        b"access-control-allow-origin" => 20,
+        b"age" => 21,
+        b"allow" => 22,
+        b"cache-control" => 24,
+        b"content-disposition" => 25,
+        b"content-encoding" => 26,
+        b"content-language" => 27,
+        b"content-length" => 28,
+        b"content-location" => 29,
+        b"content-range" => 30,
+        b"content-type" => 31,
+        b"date" => 33,
+        b"etag" => 34,
+        b"expires" => 36,
+        b"last-modified" => 44,
+        b"link" => 45,
+        b"location" => 46,
+        b"proxy-authenticate" => 48,
+        b"refresh" => 52,
+        b"retry-after" => 53,
+        b"server" => 54,
+        b"set-cookie" => 55,
+        b"strict-transport-security" => 56,
+        b"vary" => 59,
+        b"via" => 60,
+        b"www-authenticate" => 61,
+        _ => return None,
+    })
 }
 
 /// An integer with an N-bit prefix (§5.1), `flags` in the prefix's high bits.

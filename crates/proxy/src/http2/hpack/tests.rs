@@ -191,3 +191,37 @@ fn responses_decode_to_what_was_encoded() {
     );
     assert_eq!(decoder.table.size(), 0, "nothing is indexed");
 }
+
+#[test]
+fn response_names_find_their_static_entry_in_any_case() {
+    // Names a response carries (not pseudo, not request-only).
+    let request_only = [
+        "accept-charset",
+        "accept-encoding",
+        "accept-language",
+        "accept",
+        "authorization",
+        "cookie",
+        "expect",
+        "from",
+        "host",
+        "if-match",
+        "if-modified-since",
+        "if-none-match",
+        "if-range",
+        "if-unmodified-since",
+        "max-forwards",
+        "proxy-authorization",
+        "range",
+        "referer",
+        "transfer-encoding",
+        "user-agent",
+    ];
+    for (i, (name, _)) in STATIC.iter().enumerate().skip(14) {
+        let text = std::str::from_utf8(name).unwrap();
+        let want = (!request_only.contains(&text)).then_some(i + 1);
+        assert_eq!(static_name(name), want, "{text}");
+        assert_eq!(static_name(text.to_uppercase().as_bytes()), want, "{text}");
+    }
+    assert_eq!(static_name(b"x-custom"), None);
+}
