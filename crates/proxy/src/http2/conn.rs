@@ -148,8 +148,9 @@ where
     pub(super) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Ended> {
         loop {
             let mut again = false;
-            if self.shared.lock().out.len() < OUT_HIGH {
-                // A client that does not read its answers is not read either.
+            // A client that does not read its answers is not read either.
+            let read_held = self.shared.lock().out.len() >= OUT_HIGH;
+            if !read_held {
                 match self.reader.poll_read(cx, &mut self.io) {
                     Poll::Ready(Ok(true)) => {
                         again = true;
@@ -186,6 +187,8 @@ where
             }
             state.room();
             again |= !state.wake.is_empty();
+            // No read is pending to wake the task once there is room again.
+            again |= read_held && state.out.len() < OUT_HIGH;
             for slot in state.wake.drain(..) {
                 self.reader.streams.queue(slot);
             }

@@ -18,7 +18,7 @@ use super::conn::{Connection, Ended};
 use super::frame::{self, flag, kind, setting, Head, Reason};
 use super::hpack::{Block, Decoder};
 use super::request::Request;
-use super::shared::StreamIo;
+use super::shared::{self, StreamIo};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// RST_STREAM's CANCEL, which clients send and baton does not.
@@ -68,7 +68,12 @@ async fn answer(req: Request, io: StreamIo, dropped: Arc<Dropped>) {
 
 /// A connection served in a task, and the client's end of it.
 fn serve(idle: Duration) -> (Client, JoinHandle<Ended>, Arc<Dropped>) {
-    let (client, server) = tokio::io::duplex(1 << 20);
+    serve_over(idle, 1 << 20)
+}
+
+/// The same over a socket that buffers `buffer` bytes each way.
+fn serve_over(idle: Duration, buffer: usize) -> (Client, JoinHandle<Ended>, Arc<Dropped>) {
+    let (client, server) = tokio::io::duplex(buffer);
     let dropped = Arc::new(Dropped::default());
     let counter = dropped.clone();
     let task = tokio::spawn(async move {
@@ -590,4 +595,78 @@ async fn a_header_table_size_setting_is_acknowledged_in_the_next_block() {
     let mut buf = Vec::new();
     buf.put_slice(&headers.payload[..]);
     assert!(c.decoder.decode(&buf, |_, _| {}).is_ok());
+}
+
+#[tokio::test]
+async fn a_client_that_reads_late_is_read_again() {
+    // PINGs whose answers fill the socket and then baton's queue (which
+    // makes it stop reading); the request behind them must be read once
+    // the client reads its answers, even when one read makes room for the
+    // whole queue at once (so no write is left pending to wake baton).
+    const BUFFER: usize = 1 << 20;
+    const PINGS: usize = 200_000;
+    let (c, _task, _) = serve_over(IDLE, BUFFER);
+    let Client {
+        io,
+        mut buf,
+        mut decoder,
+    } = c;
+    let (mut from, mut to) = tokio::io::split(io);
+    let (progress, mut written) = tokio::sync::watch::channel(0usize);
+    let writer = tokio::spawn(async move {
+        let mut out = PREFACE.to_vec();
+        frame::settings(&mut out, &[]);
+        for _ in 0..PINGS {
+            frame::write(&mut out, kind::PING, 0, 0, b"pingpong");
+        }
+        frame::write(
+            &mut out,
+            kind::HEADERS,
+            flag::END_HEADERS | flag::END_STREAM,
+            1,
+            &literal_block("GET", "/late", &[]),
+        );
+        let mut rest = &out[..];
+        while !rest.is_empty() {
+            let n = to.write(rest).await.unwrap();
+            rest = &rest[n..];
+            progress.send_modify(|written| *written += n);
+        }
+        to
+    });
+    // Once this much is written (at most a socket's worth unread), baton
+    // has read PINGs whose answers fill the other way's socket and its
+    // queue: it has stopped reading.
+    let enough = shared::OUT_HIGH + 2 * BUFFER;
+    tokio::time::timeout(ANSWER, written.wait_for(|n| *n >= enough))
+        .await
+        .expect("baton reads until its queue is full")
+        .unwrap();
+    let mut pongs = 0;
+    loop {
+        while buf.len() >= frame::HEADER_LEN {
+            let head = Head::parse(&buf);
+            if buf.len() < frame::HEADER_LEN + head.len {
+                break;
+            }
+            buf.advance(frame::HEADER_LEN);
+            let payload = buf.split_to(head.len);
+            match head.kind {
+                kind::PING => pongs += 1,
+                kind::HEADERS => decoder.decode(&payload, |_, _| {}).unwrap(),
+                kind::DATA if head.stream == 1 => {
+                    assert_eq!(&payload[..], b"/late");
+                    assert_eq!(pongs, PINGS, "every PING answered first");
+                    writer.await.unwrap();
+                    return;
+                }
+                _ => {}
+            }
+        }
+        buf.reserve(2 * BUFFER);
+        let read = tokio::time::timeout(ANSWER, from.read_buf(&mut buf))
+            .await
+            .expect("baton goes on reading once its answers are read");
+        assert!(read.unwrap() > 0, "closed");
+    }
 }
