@@ -2,7 +2,7 @@
 //! address for `X-Forwarded-For`, and a request id for `X-Request-Id`. Shared
 //! by the HTTP/1.1 and HTTP/2 request paths.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -11,15 +11,17 @@ use std::sync::Arc;
 #[derive(Debug)]
 pub(crate) struct Peer {
     /// The client's IP as `X-Forwarded-For` carries it, formatted once per
-    /// connection rather than per request.
-    ip: String,
+    /// connection rather than per request, in place: with a connection per
+    /// request, a `String` and the formatter cost more than the rest of
+    /// accepting it.
+    ip: IpText,
     open: Option<Arc<AtomicUsize>>,
 }
 
 impl Peer {
     pub(crate) fn new(addr: SocketAddr) -> Self {
         Self {
-            ip: addr.ip().to_string(),
+            ip: IpText::of(addr.ip()),
             open: None,
         }
     }
@@ -33,7 +35,64 @@ impl Peer {
     }
 
     pub(crate) fn ip(&self) -> &str {
-        &self.ip
+        self.ip.as_str()
+    }
+}
+
+/// An IP address as text, held inline.
+#[derive(Debug)]
+struct IpText {
+    /// The longest IPv6 text is 45 bytes (an IPv4-mapped one).
+    buf: [u8; 46],
+    len: u8,
+}
+
+impl IpText {
+    fn of(ip: IpAddr) -> Self {
+        let mut text = Self {
+            buf: [0; 46],
+            len: 0,
+        };
+        match ip {
+            IpAddr::V4(v4) => {
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        text.push(b'.');
+                    }
+                    if octet >= 100 {
+                        text.push(b'0' + octet / 100);
+                    }
+                    if octet >= 10 {
+                        text.push(b'0' + octet / 10 % 10);
+                    }
+                    text.push(b'0' + octet % 10);
+                }
+            }
+            IpAddr::V6(v6) => {
+                use std::fmt::Write;
+                let _ = write!(text, "{v6}");
+            }
+        }
+        text
+    }
+
+    fn push(&mut self, b: u8) {
+        if let Some(slot) = self.buf.get_mut(self.len as usize) {
+            *slot = b;
+            self.len += 1;
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        // Only ASCII is ever pushed.
+        std::str::from_utf8(&self.buf[..self.len as usize]).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Write for IpText {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        s.bytes().for_each(|b| self.push(b));
+        Ok(())
     }
 }
 
@@ -146,6 +205,23 @@ mod tests {
         assert!(a
             .iter()
             .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+    }
+
+    #[test]
+    fn addresses_read_as_the_formatter_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "10.1.2.3",
+            "127.0.0.1",
+            "192.168.100.255",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:255.255.255.255",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+        ] {
+            let addr: IpAddr = ip.parse().unwrap();
+            assert_eq!(IpText::of(addr).as_str(), addr.to_string(), "{ip}");
+        }
     }
 
     #[test]

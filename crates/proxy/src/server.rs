@@ -4,6 +4,7 @@
 //! [`crate::http2`].
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -28,6 +29,7 @@ pub(crate) struct Listener {
 impl Listener {
     /// Accepts until `stop` fires; connections already open are left to finish.
     pub(crate) async fn run(self, listener: TcpListener, stop: CancellationToken) {
+        let nodelay_inherited = nodelay_for_accepted(&listener);
         // One pointer in each connection's task rather than the fields.
         let this = Arc::new(self);
         loop {
@@ -37,7 +39,9 @@ impl Listener {
             };
             match accepted {
                 Ok((stream, peer)) => {
-                    let _ = stream.set_nodelay(true);
+                    if !nodelay_inherited {
+                        let _ = stream.set_nodelay(true);
+                    }
                     let peer = Peer::counted(peer, &this.forwarder.open_clients);
                     http1::start(this.clone(), stream, peer);
                 }
@@ -60,6 +64,28 @@ impl Listener {
     ) {
         crate::http2::serve(&self, Prefixed { read, stream }, peer).await;
     }
+}
+
+/// Sets TCP_NODELAY on the listening socket. Linux copies it to every
+/// connection accepted from it, which spares a system call per connection;
+/// elsewhere (false) each connection sets it itself.
+fn nodelay_for_accepted(listener: &TcpListener) -> bool {
+    if !cfg!(target_os = "linux") {
+        return false;
+    }
+    let on: libc::c_int = 1;
+    // SAFETY: a valid descriptor (the listener is borrowed for the call)
+    // and an option value of the size given.
+    let set = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    set == 0
 }
 
 /// A connection whose first bytes were already read: they are read again first.
@@ -112,5 +138,21 @@ impl AsyncWrite for Prefixed {
 
     fn is_write_vectored(&self) -> bool {
         self.stream.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_do_not_wait_to_fill_segments() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let inherited = nodelay_for_accepted(&listener);
+        assert_eq!(inherited, cfg!(target_os = "linux"));
+        let addr = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        assert_eq!(accepted.nodelay().unwrap(), inherited);
     }
 }

@@ -268,11 +268,14 @@ async fn one_request(
         bufs: &mut bufs,
         req,
     };
-    if exchange.run().await == After::Close {
-        return Next::Closed;
-    }
+    let after = exchange.run().await;
+    // Kept for the worker's next request even when this connection ends:
+    // with a connection per request, that is every request.
     bufs.give_back(read_ahead);
-    Next::KeepAlive
+    match after {
+        After::Close => Next::Closed,
+        After::KeepAlive => Next::KeepAlive,
+    }
 }
 
 enum Head {
