@@ -51,8 +51,6 @@ pub(super) struct Connection<T, F, S> {
     shared: Arc<Shared>,
     reader: Reader<F, S>,
     keep_alive: KeepAlive,
-    /// Baton sent GOAWAY, or the client did: no new streams.
-    going_away: bool,
 }
 
 /// Frames in: the read buffer, the request decoder, and the streams they start.
@@ -71,8 +69,8 @@ struct Reader<F, S> {
     accepted_id: u32,
     accepted: u64,
     client_resets: u64,
-    /// New streams are not started (GOAWAY, either way).
-    refusing: bool,
+    /// baton sent GOAWAY.
+    goaway_sent: bool,
     /// The client sent GOAWAY.
     client_gone: bool,
     /// The payload of a PING ACK, for the keep-alive.
@@ -133,13 +131,12 @@ where
                 accepted_id: 0,
                 accepted: 0,
                 client_resets: 0,
-                refusing: false,
+                goaway_sent: false,
                 client_gone: false,
                 pong: None,
             },
             shared,
             keep_alive: KeepAlive::new(idle),
-            going_away: false,
         }
     }
 
@@ -192,9 +189,7 @@ where
             for slot in state.wake.drain(..) {
                 self.reader.streams.queue(slot);
             }
-            let done = (self.going_away || self.reader.client_gone)
-                && state.open_streams() == 0
-                && state.out.is_empty();
+            let done = self.reader.refusing() && state.open_streams() == 0 && state.out.is_empty();
             drop(state);
             if done {
                 return Poll::Ready(Ended::Closed);
@@ -212,11 +207,10 @@ where
 
     /// GOAWAY: streams begun so far are served, later ones are not.
     fn go_away(&mut self, reason: Reason) {
-        if self.going_away && reason == Reason::NO_ERROR {
+        if self.reader.goaway_sent && reason == Reason::NO_ERROR {
             return;
         }
-        self.going_away = true;
-        self.reader.refusing = true;
+        self.reader.goaway_sent = true;
         let last = self.reader.accepted_id;
         frame::goaway(self.shared.lock().out.buf(), last, reason);
     }
@@ -227,6 +221,11 @@ where
     F: Future<Output = ()>,
     S: FnMut(Request, StreamIo) -> F,
 {
+    /// GOAWAY went one way or the other: no new streams start.
+    fn refusing(&self) -> bool {
+        self.goaway_sent || self.client_gone
+    }
+
     /// Reads what the client sent; `false` when it closed the connection.
     fn poll_read<T>(&mut self, cx: &mut Context<'_>, io: &mut T) -> Poll<io::Result<bool>>
     where
@@ -442,7 +441,6 @@ where
                 must(on_connection, Reason::PROTOCOL_ERROR, "GOAWAY on a stream")?;
                 must(payload.len() >= 8, Reason::FRAME_SIZE_ERROR, "GOAWAY size")?;
                 self.client_gone = true;
-                self.refusing = true;
                 Ok(())
             }
             kind::WINDOW_UPDATE => {
@@ -573,7 +571,7 @@ where
         self.decoder
             .decode(block, |n, v| builder.field(n, v))
             .map_err(compression)?;
-        if self.refusing {
+        if self.refusing() {
             // Not started: the GOAWAY's last stream id tells the client so.
             return Ok(());
         }
