@@ -34,14 +34,8 @@ impl Forwarder {
     /// client that resets the stream has its future dropped, and with it
     /// the target's request.
     pub(super) async fn stream(&self, routing: &Routing, peer: &Peer, req: Request, io: StreamIo) {
-        match req.refusal {
-            Some(431) => {
-                return body::text(&io, 431, "baton: request header fields too large\n").await
-            }
-            Some(status) => {
-                return body::text(&io, status, "baton: CONNECT is not supported\n").await
-            }
-            None => {}
+        if let Some(refusal) = req.refusal {
+            return body::text(&io, refusal.status(), refusal.text()).await;
         }
         let framing = request_framing(&req);
         let ask = Head::of(&req, peer);
@@ -82,7 +76,6 @@ impl Forwarder {
                 }
                 // The head went out: all that is left is to say it is not whole.
                 Err(Failed::Broken) => return io.reset(Reason::INTERNAL_ERROR),
-                Err(Failed::Client(_)) => return,
                 Err(e) => {
                     attempts.failed(e.to_string());
                     break;
@@ -153,19 +146,22 @@ async fn copy_request_body<W>(body: &StreamIo, to: &mut W, framing: Framing) -> 
 where
     W: AsyncWrite + Unpin,
 {
+    use std::io::Write;
     let chunked = framing == Framing::Chunked;
     let write_failed =
         |e: std::io::Error| Failed::Upstream(format!("writing the request body: {e}"));
+    // A chunk goes out in one write, its framing around it.
+    let mut framed = Vec::new();
     while let Some(data) = body.data().await {
-        if chunked {
-            to.write_all(format!("{:x}\r\n", data.len()).as_bytes())
-                .await
-                .map_err(write_failed)?;
+        if !chunked {
+            to.write_all(&data).await.map_err(write_failed)?;
+            continue;
         }
-        to.write_all(&data).await.map_err(write_failed)?;
-        if chunked {
-            to.write_all(b"\r\n").await.map_err(write_failed)?;
-        }
+        framed.clear();
+        let _ = write!(framed, "{:x}\r\n", data.len());
+        framed.extend_from_slice(&data);
+        framed.extend_from_slice(b"\r\n");
+        to.write_all(&framed).await.map_err(write_failed)?;
     }
     if chunked {
         to.write_all(b"0\r\n\r\n").await.map_err(write_failed)?;

@@ -30,8 +30,33 @@ pub(super) struct Request {
     pub(super) content_length: Option<u64>,
     /// The request has no body (END_STREAM on its HEADERS).
     pub(super) end_stream: bool,
-    /// Answered without a target: 431 (too large), 405 (CONNECT).
-    pub(super) refusal: Option<u16>,
+    /// Answered without a target.
+    pub(super) refusal: Option<Refusal>,
+}
+
+/// A request baton answers itself rather than forwarding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Refusal {
+    /// The header list is over [`MAX_HEADER_LIST`].
+    TooLarge,
+    /// CONNECT: no tunnels over HTTP/2.
+    Connect,
+}
+
+impl Refusal {
+    pub(super) fn status(self) -> u16 {
+        match self {
+            Self::TooLarge => 431,
+            Self::Connect => 405,
+        }
+    }
+
+    pub(super) fn text(self) -> &'static str {
+        match self {
+            Self::TooLarge => "baton: request header fields too large\n",
+            Self::Connect => "baton: CONNECT is not supported\n",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -146,7 +171,7 @@ impl Builder {
         }
         self.list_size += name.len() + value.len() + FIELD_OVERHEAD;
         if self.list_size > MAX_HEADER_LIST {
-            self.req.refusal = Some(431);
+            self.req.refusal = Some(Refusal::TooLarge);
             return;
         }
         if let Err(e) = self.check(name, value) {
@@ -244,7 +269,7 @@ impl Builder {
             return Ok(self.req);
         }
         if self.req.method() == b"CONNECT" {
-            self.req.refusal = Some(405);
+            self.req.refusal = Some(Refusal::Connect);
             return Ok(self.req);
         }
         if self.req.method.is_empty() || self.req.path.is_empty() || !self.scheme {
@@ -468,9 +493,12 @@ mod tests {
         b.field(b"x-big", big.as_bytes());
         b.field(b"x-after", b"\r\n");
         let req = b.finish(true).unwrap();
-        assert_eq!(req.refusal, Some(431));
+        assert_eq!(req.refusal, Some(Refusal::TooLarge));
         assert_eq!(req.fields().count(), 0, "nothing of it kept");
         let connect = [(":method", "CONNECT"), (":authority", "a:443")];
-        assert_eq!(build(&connect, false).unwrap().refusal, Some(405));
+        assert_eq!(
+            build(&connect, false).unwrap().refusal,
+            Some(Refusal::Connect)
+        );
     }
 }

@@ -37,9 +37,13 @@ impl Shared {
 }
 
 /// What a stream waits for to send more.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Wait {
-    Window,
+    /// Its own window (the client's WINDOW_UPDATE or SETTINGS).
+    StreamWindow,
+    /// The connection's window.
+    ConnectionWindow,
+    /// Room in `out`.
     Room,
 }
 
@@ -61,7 +65,9 @@ pub(super) struct State {
     /// have taken of it that is not granted again yet.
     recv_window: i64,
     recv_unreleased: i64,
-    /// Streams waiting for the client's window, and for room in `out`.
+    /// Streams waiting for the client's connection window, and for room in
+    /// `out`. (A stream waiting for its own window needs no list: its
+    /// WINDOW_UPDATE names it.)
     wait_window: Vec<u32>,
     wait_room: Vec<u32>,
     /// The next header block starts with a table size update.
@@ -106,8 +112,8 @@ struct Stream {
     /// Body bytes the content-length still promises.
     expect: Option<u64>,
     send_window: i64,
-    /// On one of the wait lists.
-    waiting: bool,
+    /// What it waits for to send more, if anything.
+    waiting: Option<Wait>,
     /// The response ended (END_STREAM or RST_STREAM sent).
     sent_end: bool,
 }
@@ -153,7 +159,7 @@ impl State {
             recv_unreleased: 0,
             expect,
             send_window: self.initial_window,
-            waiting: false,
+            waiting: None,
             sent_end: false,
         };
         self.streams.insert(id, stream);
@@ -238,6 +244,9 @@ impl State {
     /// returns its slot.
     fn remove(&mut self, id: u32) -> Option<usize> {
         let s = self.streams.remove(&id)?;
+        if let Some(list) = s.waiting.and_then(|w| self.wait_list(w)) {
+            list.retain(|&waiting| waiting != id);
+        }
         let unread: usize = s.body.iter().map(Bytes::len).sum();
         self.release_connection(unread);
         Some(s.slot)
@@ -252,7 +261,7 @@ impl State {
                     "connection window overflow",
                 ));
             }
-            self.wake_all(Wait::Window);
+            self.wake_all(Wait::ConnectionWindow);
             return Ok(());
         }
         let Some(s) = self.streams.get_mut(&id) else {
@@ -261,9 +270,8 @@ impl State {
         s.send_window += increment as i64;
         if s.send_window > MAX_WINDOW {
             self.stream_error(id, Reason::FLOW_CONTROL_ERROR);
-        } else if s.waiting {
-            // Off the wait list too: stale entries there are skipped.
-            s.waiting = false;
+        } else if s.waiting == Some(Wait::StreamWindow) {
+            s.waiting = None;
             self.wake.push(s.slot);
         }
         Ok(())
@@ -289,8 +297,11 @@ impl State {
                     "stream window overflow",
                 ));
             }
+            if s.waiting == Some(Wait::StreamWindow) && s.send_window > 0 {
+                s.waiting = None;
+                self.wake.push(s.slot);
+            }
         }
-        self.wake_all(Wait::Window);
         Ok(())
     }
 
@@ -309,17 +320,25 @@ impl State {
         }
     }
 
+    /// The list of the streams waiting for `wait`, if it keeps one.
+    fn wait_list(&mut self, wait: Wait) -> Option<&mut Vec<u32>> {
+        match wait {
+            Wait::StreamWindow => None,
+            Wait::ConnectionWindow => Some(&mut self.wait_window),
+            Wait::Room => Some(&mut self.wait_room),
+        }
+    }
+
+    /// Wakes every stream on `wait`'s list (each stream is on a list at most
+    /// once, and leaves it when it is woken or closed).
     fn wake_all(&mut self, wait: Wait) {
-        let list = match wait {
-            Wait::Window => &mut self.wait_window,
-            Wait::Room => &mut self.wait_room,
+        let Some(list) = self.wait_list(wait) else {
+            return;
         };
-        for id in list.drain(..) {
+        for id in std::mem::take(list) {
             if let Some(s) = self.streams.get_mut(&id) {
-                if s.waiting {
-                    s.waiting = false;
-                    self.wake.push(s.slot);
-                }
+                s.waiting = None;
+                self.wake.push(s.slot);
             }
         }
     }
@@ -422,22 +441,24 @@ impl State {
             return Poll::Ready(());
         };
         loop {
-            let window = s.send_window.min(*send_window).max(0) as usize;
-            let n = data.len().min(window).min(*max_frame);
             let wait = if out.len() >= OUT_HIGH {
-                Some(&mut *wait_room)
-            } else if n == 0 && !data.is_empty() {
-                Some(&mut *wait_window)
+                Some((Wait::Room, Some(&mut *wait_room)))
+            } else if !data.is_empty() && s.send_window <= 0 {
+                Some((Wait::StreamWindow, None))
+            } else if !data.is_empty() && *send_window <= 0 {
+                Some((Wait::ConnectionWindow, Some(&mut *wait_window)))
             } else {
                 None
             };
-            if let Some(list) = wait {
-                if !s.waiting {
-                    s.waiting = true;
-                    list.push(id);
+            if let Some((wait, list)) = wait {
+                if s.waiting.is_none() {
+                    s.waiting = Some(wait);
+                    list.into_iter().for_each(|l| l.push(id));
                 }
                 return Poll::Pending;
             }
+            let window = s.send_window.min(*send_window) as usize;
+            let n = data.len().min(window).min(*max_frame);
             let last = end && n == data.len();
             frame::Head {
                 len: n,
@@ -528,5 +549,35 @@ impl StreamIo {
 impl Drop for StreamIo {
     fn drop(&mut self) {
         self.shared.lock().finish(self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_leave_no_trace_on_the_lists() {
+        // Blocked on its own window again and again: no list holds it.
+        let mut state = State::default();
+        state.initial_window(10).unwrap();
+        state.open(1, 0, true, None);
+        let mut data = Bytes::from(vec![0u8; 100]);
+        for _ in 0..9 {
+            assert!(state.send(1, &mut data, true).is_pending());
+            state.window_update(1, 10).unwrap();
+            assert_eq!(state.wake.drain(..).collect::<Vec<_>>(), [0], "woken");
+        }
+        assert!(state.send(1, &mut data, true).is_ready());
+        assert!(state.wait_window.is_empty(), "{:?}", state.wait_window);
+
+        // Blocked on the connection's window, then reset: gone from its list.
+        state.initial_window(1 << 20).unwrap();
+        state.open(3, 1, true, None);
+        let mut data = Bytes::from(vec![0u8; 70_000]);
+        assert!(state.send(3, &mut data, true).is_pending());
+        assert_eq!(state.wait_window, [3]);
+        assert!(state.reset_by_client(3));
+        assert!(state.wait_window.is_empty());
     }
 }
