@@ -37,43 +37,52 @@ impl FrameTracker {
                 used += take;
                 continue;
             }
+            // A whole header in this read, as usual: no byte-by-byte copy.
+            if self.have == 0 {
+                if let Some((len, payload)) = parse_header(&data[used..]) {
+                    used += len;
+                    self.payload_left = payload;
+                    continue;
+                }
+            }
             self.header[self.have] = data[used];
             self.have += 1;
             used += 1;
-            if let Some(payload) = self.header_complete() {
+            if let Some((_, payload)) = parse_header(&self.header[..self.have]) {
                 self.have = 0;
                 self.payload_left = payload;
             }
         }
         used
     }
+}
 
-    /// The payload length once the buffered header is whole.
-    fn header_complete(&self) -> Option<u64> {
-        if self.have < 2 {
-            return None;
-        }
-        let masked = self.header[1] & 0x80 != 0;
-        let len7 = self.header[1] & 0x7f;
-        let ext = match len7 {
-            126 => 2,
-            127 => 8,
-            _ => 0,
-        };
-        let need = 2 + ext + if masked { 4 } else { 0 };
-        if self.have < need {
-            return None;
-        }
-        Some(match len7 {
-            126 => u64::from(u16::from_be_bytes([self.header[2], self.header[3]])),
-            127 => {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(&self.header[2..10]);
-                u64::from_be_bytes(b)
-            }
-            n => u64::from(n),
-        })
+/// The header's length and the frame's payload length, once `h` (which
+/// starts with a frame header) holds all of the header.
+fn parse_header(h: &[u8]) -> Option<(usize, u64)> {
+    let [_, second, ..] = *h else {
+        return None;
+    };
+    let len7 = second & 0x7f;
+    let ext = match len7 {
+        126 => 2,
+        127 => 8,
+        _ => 0,
+    };
+    let len = 2 + ext + if second & 0x80 != 0 { 4 } else { 0 };
+    if h.len() < len {
+        return None;
     }
+    let payload = match len7 {
+        126 => u64::from(u16::from_be_bytes([h[2], h[3]])),
+        127 => {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&h[2..10]);
+            u64::from_be_bytes(b)
+        }
+        n => u64::from(n),
+    };
+    Some((len, payload))
 }
 
 /// Close code 1001, "going away": the endpoint is being taken down.

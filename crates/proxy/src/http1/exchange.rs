@@ -220,13 +220,15 @@ impl Exchange<'_> {
         if self.client.write_all(&self.bufs.out).await.is_err() {
             return After::Close;
         }
+        let hold = hold.upgraded();
         tunnel::relay(
             tunnel::Side::new(self.client, &self.bufs.client),
             tunnel::Side::new(upstream.stream, &self.bufs.upstream),
-            hold.upgraded(),
+            hold.closing(),
             self.req.websocket,
         )
         .await;
+        drop(hold);
         After::Close
     }
 
