@@ -8,12 +8,14 @@
 //! - [`stats`]: each pool's answers and latencies, for analysis and metrics.
 //! - [`health_check`]: the proxy's own health checks, which gate the switch.
 //! - [`drain`]: waiting for an old release's requests and WebSockets.
-//! - `server`: listeners. `http1` is the request path (HTTP/1.1 from client
-//!   to target), `http2` puts HTTP/2 clients on it, `forward` holds what
-//!   both share, `tunnel` relays upgraded connections.
+//! - `server`: listeners, and `client_socket` the sockets they accept.
+//!   `http1` is the request path (HTTP/1.1 from client to target), `http2`
+//!   puts HTTP/2 clients on it, `forward` holds what both share, `tunnel`
+//!   relays upgraded connections.
 
 mod ask;
 mod canary;
+mod client_socket;
 pub mod drain;
 mod forward;
 mod forwarded;
@@ -33,7 +35,6 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use canary::Canary;
@@ -90,12 +91,7 @@ impl Proxy {
                 routing: Routing::Hosts(self.router.clone()),
             };
             let stop = self.stop.clone();
-            worker.handle.spawn(async move {
-                match TcpListener::from_std(socket) {
-                    Ok(socket) => serve.run(socket, stop).await,
-                    Err(e) => tracing::error!(error = %e, "worker cannot use the listener"),
-                }
-            });
+            worker.handle.spawn(serve.run(socket, stop));
         }
         Ok(addr)
     }

@@ -3,10 +3,9 @@
 //! before any user traffic does.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::forward::Routing;
@@ -31,7 +30,8 @@ impl Preview {
 impl Proxy {
     /// Opens a preview route to `pool` on a free loopback port.
     pub async fn preview(&self, pool: Arc<Pool>) -> io::Result<Preview> {
-        let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let listener = TcpListener::bind(("127.0.0.1", 0))?;
+        listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let stop = CancellationToken::new();
         let serve = Listener {

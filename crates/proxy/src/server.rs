@@ -4,6 +4,7 @@
 //! [`crate::http2`].
 
 use std::io;
+use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,10 +12,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::client_socket::{self, ClientSocket};
 use crate::forward::{Forwarder, Routing};
 use crate::forwarded::Peer;
 use crate::http1;
@@ -27,23 +30,34 @@ pub(crate) struct Listener {
 }
 
 impl Listener {
-    /// Accepts until `stop` fires; connections already open are left to finish.
+    /// Accepts from `listener` (non-blocking) until `stop` fires;
+    /// connections already open are left to finish.
     pub(crate) async fn run(self, listener: TcpListener, stop: CancellationToken) {
         let nodelay_inherited = nodelay_for_accepted(&listener);
+        // SAFETY: the AsyncFd owns the listener, so its descriptor stays
+        // open, and the same, for as long as it is registered.
+        let listener =
+            match unsafe { AsyncFd::register_with_interest(listener, Interest::READABLE) } {
+                Ok(listener) => listener,
+                Err(e) => {
+                    tracing::error!(error = %e, "a worker cannot use the listener");
+                    return;
+                }
+            };
         // One pointer in each connection's task rather than the fields.
         let this = Arc::new(self);
         loop {
             let accepted = tokio::select! {
-                a = listener.accept() => a,
+                a = accept(&listener) => a,
                 _ = stop.cancelled() => return,
             };
             match accepted {
-                Ok((stream, peer)) => {
+                Ok((client, peer)) => {
                     if !nodelay_inherited {
-                        let _ = stream.set_nodelay(true);
+                        client.set_nodelay();
                     }
                     let peer = Peer::counted(peer, &this.forwarder.open_clients);
-                    http1::start(this.clone(), stream, peer);
+                    http1::start(this.clone(), client, peer);
                 }
                 Err(e) => {
                     // Out of file descriptors, typically: back off instead of spinning.
@@ -58,11 +72,25 @@ impl Listener {
     /// what the HTTP/1.1 path read of it.
     pub(crate) async fn serve_http2(
         self: Arc<Self>,
-        stream: TcpStream,
+        client: ClientSocket,
         read: BytesMut,
         peer: Peer,
     ) {
-        crate::http2::serve(&self, Prefixed { read, stream }, peer).await;
+        match client.into_registered() {
+            Ok(stream) => crate::http2::serve(&self, Prefixed { read, stream }, peer).await,
+            Err(e) => tracing::debug!(error = %e, "HTTP/2 connection lost"),
+        }
+    }
+}
+
+/// The next connection. Accepted connections are not registered with the
+/// I/O driver (see [`ClientSocket`]); the listener is.
+async fn accept(listener: &AsyncFd<TcpListener>) -> io::Result<(ClientSocket, SocketAddr)> {
+    loop {
+        let mut ready = listener.readable().await?;
+        if let Ok(accepted) = ready.try_io(|listener| client_socket::accept(listener.get_ref())) {
+            return accepted;
+        }
     }
 }
 
@@ -145,14 +173,13 @@ impl AsyncWrite for Prefixed {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn accepted_connections_do_not_wait_to_fill_segments() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    #[test]
+    fn accepted_connections_do_not_wait_to_fill_segments() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let inherited = nodelay_for_accepted(&listener);
         assert_eq!(inherited, cfg!(target_os = "linux"));
-        let addr = listener.local_addr().unwrap();
-        let _client = TcpStream::connect(addr).await.unwrap();
-        let (accepted, _) = listener.accept().await.unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
         assert_eq!(accepted.nodelay().unwrap(), inherited);
     }
 }

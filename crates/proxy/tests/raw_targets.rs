@@ -252,6 +252,12 @@ async fn idle_clients_are_closed_after_the_idle_timeout_and_busy_ones_are_not() 
     // And one that never sends anything.
     let mut silent = TcpStream::connect(addr).await.unwrap();
     closed_within(&mut silent, ANSWER).await;
+
+    // One that connects and asks only later is served: its first read found
+    // nothing, so it waits for the request like a kept-alive connection.
+    let mut late = TcpStream::connect(addr).await.unwrap();
+    tokio::time::sleep(idle / 3).await;
+    assert!(exchange(&mut late, get).await.starts_with("HTTP/1.1 200"));
 }
 
 /// An HTTP/2 (prior knowledge) connection to the proxy.

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use super::body::Remaining;
 use super::connections::Upstream;
@@ -20,6 +19,7 @@ use super::head::{self, Framing, Request, Response};
 use super::Buffers;
 use crate::ask::Ask;
 use crate::canary::SetCookie;
+use crate::client_socket::ClientSocket;
 use crate::forward::{
     body_and_answer, read_head_more, Attempts, Failed, Forwarder, Progress, Routing,
 };
@@ -39,7 +39,7 @@ pub(super) enum After {
 pub(super) struct Exchange<'a> {
     pub(super) forwarder: &'a Forwarder,
     pub(super) routing: &'a Routing,
-    pub(super) client: &'a mut TcpStream,
+    pub(super) client: &'a mut ClientSocket,
     pub(super) peer: &'a Peer,
     pub(super) bufs: &'a mut Buffers,
     pub(super) req: Request,
@@ -148,9 +148,24 @@ impl Exchange<'_> {
         }
         upstream_buf.clear();
         let (mut upstream_read, mut upstream_write) = upstream.stream.split();
-        let (mut client_read, mut client_write) = self.client.split();
         let progress = Progress::default();
         progress.request_done.store(body.is_done(), Relaxed);
+        if body.is_done() {
+            // Nothing more to read from the client: its socket is only
+            // written, and stays whole (splitting registers it).
+            let leg = ResponseLeg {
+                from: &mut upstream_read,
+                to: self.client,
+                buf: upstream_buf,
+                out,
+            };
+            let answer = relay_response(leg, &self.req, &progress, cookie, timeouts.response);
+            return body_and_answer(&progress, async { Ok(()) }, answer, timeouts.response).await;
+        }
+        let (mut client_read, mut client_write) = self
+            .client
+            .split()
+            .map_err(|e| Failed::Client(e.to_string()))?;
         let copy = async {
             let copied = body
                 .relay(
@@ -168,18 +183,13 @@ impl Exchange<'_> {
                 }
             })
         };
-        let answer = relay_response(
-            ResponseLeg {
-                from: &mut upstream_read,
-                to: &mut client_write,
-                buf: upstream_buf,
-                out,
-            },
-            &self.req,
-            &progress,
-            cookie,
-            timeouts.response,
-        );
+        let leg = ResponseLeg {
+            from: &mut upstream_read,
+            to: &mut client_write,
+            buf: upstream_buf,
+            out,
+        };
+        let answer = relay_response(leg, &self.req, &progress, cookie, timeouts.response);
         body_and_answer(&progress, copy, answer, timeouts.response).await
     }
 

@@ -9,11 +9,9 @@
 //! released before its socket is closed, under the same lock the sweep takes,
 //! so the sweep never touches a descriptor the kernel has handed out again.
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-
-use tokio::net::TcpStream;
 
 /// One worker's client connections, and since when each has been idle.
 #[derive(Debug)]
@@ -55,10 +53,10 @@ impl IdleClients {
         }
     }
 
-    /// Takes a slot for `client`, idle from now.
-    pub(crate) fn register(self: &Arc<Self>, client: &TcpStream) -> IdleSlot {
+    /// Takes a slot for the client connection on `fd`, idle from now.
+    pub(crate) fn register(self: &Arc<Self>, fd: RawFd) -> IdleSlot {
         let slot = Slot {
-            fd: client.as_raw_fd(),
+            fd,
             idle_since: Some(Instant::now()),
         };
         let mut slots = self.lock();

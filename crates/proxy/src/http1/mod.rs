@@ -26,12 +26,13 @@ mod idle;
 
 use std::cell::RefCell;
 use std::future::Future;
+use std::io;
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
 
 pub(crate) use body::Remaining;
 pub(crate) use connections::{Connections, Upstream};
@@ -41,6 +42,7 @@ pub(crate) use head::{
 pub(crate) use idle::IdleClients;
 use idle::IdleSlot;
 
+use crate::client_socket::ClientSocket;
 use crate::forward::{Forwarder, Routing};
 use crate::forwarded::Peer;
 use crate::server::Listener;
@@ -123,7 +125,7 @@ pub(crate) struct Conn {
     // Fields drop in order: the idle slot goes before the socket closes, so
     // the sweep never shuts down a descriptor the kernel has handed out again.
     idle: IdleSlot,
-    client: TcpStream,
+    client: ClientSocket,
     listener: Arc<Listener>,
     peer: Peer,
     /// No request was read yet (so it may still open with HTTP/2's preface).
@@ -131,8 +133,8 @@ pub(crate) struct Conn {
 }
 
 /// Serves a new client connection on the current worker.
-pub(crate) fn start(listener: Arc<Listener>, client: TcpStream, peer: Peer) {
-    let idle = listener.forwarder.idle_clients.register(&client);
+pub(crate) fn start(listener: Arc<Listener>, client: ClientSocket, peer: Peer) {
+    let idle = listener.forwarder.idle_clients.register(client.as_raw_fd());
     let conn = Conn {
         idle,
         client,
@@ -155,8 +157,11 @@ impl Conn {
         async move {
             // Bytes of the next request read ahead with the last one (pipelining).
             let mut read_ahead = BytesMut::new();
+            // A new connection is read at once: most clients send their
+            // request as they connect, and need no wait (see `ClientSocket`).
+            let mut wait = !self.first;
             loop {
-                if read_ahead.is_empty() {
+                if wait && read_ahead.is_empty() {
                     // Idle: the worker's sweep enforces the idle timeout.
                     if self.idle.idle() {
                         match self.park() {
@@ -165,11 +170,12 @@ impl Conn {
                         }
                     }
                     let readable = std::future::poll_fn(|cx| self.client.poll_read_ready(cx)).await;
-                    self.idle.busy();
                     if readable.is_err() {
                         return;
                     }
                 }
+                self.idle.busy();
+                wait = true;
                 // Boxed: a request's state (buffers, both connections' futures)
                 // lives only while the request does, not in every idle task.
                 let next = Box::pin(one_request(
@@ -182,6 +188,7 @@ impl Conn {
                 ));
                 match next.await {
                     Next::KeepAlive => self.first = false,
+                    Next::NothingYet => {}
                     Next::Closed => return,
                     Next::Http2 => break,
                 }
@@ -206,7 +213,7 @@ impl Conn {
         let parked = Arc::new(Parked(Mutex::new(Some(self))));
         let waker = Waker::from(parked.clone());
         let mut slot = parked.0.lock().unwrap_or_else(|e| e.into_inner());
-        let readiness = slot.as_ref().map(|conn| {
+        let readiness = slot.as_mut().map(|conn| {
             conn.client
                 .poll_read_ready(&mut Context::from_waker(&waker))
         });
@@ -238,6 +245,8 @@ impl Wake for Parked {
 
 enum Next {
     KeepAlive,
+    /// A new connection has sent nothing yet.
+    NothingYet,
     Http2,
     Closed,
 }
@@ -247,7 +256,7 @@ async fn one_request(
     forwarder: &Forwarder,
     routing: &Routing,
     peer: &Peer,
-    client: &mut TcpStream,
+    client: &mut ClientSocket,
     read_ahead: &mut BytesMut,
     first: bool,
 ) -> Next {
@@ -257,6 +266,10 @@ async fn one_request(
         Head::Http2 => {
             *read_ahead = std::mem::take(&mut bufs.client);
             return Next::Http2;
+        }
+        Head::NothingYet => {
+            bufs.give_back(read_ahead);
+            return Next::NothingYet;
         }
         Head::Closed => return Next::Closed,
     };
@@ -280,6 +293,7 @@ async fn one_request(
 
 enum Head {
     Request(head::Request),
+    NothingYet,
     Http2,
     Closed,
 }
@@ -289,7 +303,7 @@ enum Head {
 async fn read_head(
     forwarder: &Forwarder,
     peer: &Peer,
-    client: &mut TcpStream,
+    client: &mut ClientSocket,
     bufs: &mut Buffers,
     first: bool,
 ) -> Head {
@@ -304,6 +318,14 @@ async fn read_head(
             }
         }
         bufs.client.reserve(4096);
+        if first && bufs.client.is_empty() {
+            // Not waited for: a new connection's request is most likely here.
+            match client.try_read_buf(&mut bufs.client) {
+                Ok(n) if n > 0 => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Head::NothingYet,
+                _ => return Head::Closed,
+            }
+        }
         let read = client.read_buf(&mut bufs.client);
         match tokio::time::timeout(forwarder.timeouts.idle, read).await {
             Ok(Ok(n)) if n > 0 => {}
@@ -321,7 +343,7 @@ fn starts_like_http2(buf: &[u8]) -> bool {
 async fn parse(
     forwarder: &Forwarder,
     peer: &Peer,
-    client: &mut TcpStream,
+    client: &mut ClientSocket,
     bufs: &mut Buffers,
 ) -> Option<Head> {
     use tokio::io::AsyncWriteExt;
