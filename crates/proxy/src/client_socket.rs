@@ -16,7 +16,6 @@ use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
 /// A client connection's socket.
@@ -97,11 +96,16 @@ fn socket_addr(addr: &libc::sockaddr_storage) -> Option<SocketAddr> {
 }
 
 impl ClientSocket {
-    /// The socket, registered if it was not yet: whatever waits on it needs
-    /// the driver.
-    fn registered(&mut self) -> io::Result<&mut TcpStream> {
-        let state = std::mem::replace(&mut self.0, State::Lost);
-        self.0 = State::Registered(state.into_registered()?);
+    /// The tokio socket, registered if it was not yet: whatever waits on it
+    /// needs the driver, and what relays it for long (a request body, a
+    /// tunnel) uses it directly rather than through this type.
+    pub(crate) fn registered(&mut self) -> io::Result<&mut TcpStream> {
+        // Tested first: this runs on every poll of a registered socket, and
+        // moving the socket out and back in costs more than the poll.
+        if !matches!(self.0, State::Registered(_)) {
+            let state = std::mem::replace(&mut self.0, State::Lost);
+            self.0 = State::Registered(state.into_registered()?);
+        }
         match &mut self.0 {
             State::Registered(socket) => Ok(socket),
             _ => Err(lost()),
@@ -119,11 +123,6 @@ impl ClientSocket {
     /// The tokio socket, for a protocol that takes it over (HTTP/2).
     pub(crate) fn into_registered(self) -> io::Result<TcpStream> {
         self.0.into_registered()
-    }
-
-    /// Both directions at once, each borrowed on its own.
-    pub(crate) fn split(&mut self) -> io::Result<(ReadHalf<'_>, WriteHalf<'_>)> {
-        Ok(self.registered()?.split())
     }
 
     pub(crate) fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use super::body::Remaining;
 use super::connections::Upstream;
@@ -164,7 +165,8 @@ impl Exchange<'_> {
         }
         let (mut client_read, mut client_write) = self
             .client
-            .split()
+            .registered()
+            .map(TcpStream::split)
             .map_err(|e| Failed::Client(e.to_string()))?;
         let copy = async {
             let copied = body
@@ -230,9 +232,12 @@ impl Exchange<'_> {
         if self.client.write_all(&self.bufs.out).await.is_err() {
             return After::Close;
         }
+        let Ok(client) = self.client.registered() else {
+            return After::Close;
+        };
         let hold = hold.upgraded();
         tunnel::relay(
-            tunnel::Side::new(self.client, &self.bufs.client),
+            tunnel::Side::new(client, &self.bufs.client),
             tunnel::Side::new(upstream.stream, &self.bufs.upstream),
             hold.closing(),
             self.req.websocket,
