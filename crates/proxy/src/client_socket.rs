@@ -132,20 +132,24 @@ impl ClientSocket {
         }
     }
 
-    /// Reads what has arrived without waiting: `WouldBlock` if nothing has.
-    pub(crate) fn try_read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
-        match &self.0 {
-            State::Direct(socket) => {
-                let mut read = ReadBuf::uninit(buf.spare_capacity_mut());
-                recv(socket, &mut read)?;
-                let n = read.filled().len();
-                // SAFETY: recv initialised the first `n` spare bytes.
-                unsafe { buf.set_len(buf.len() + n) };
-                Ok(n)
-            }
-            State::Registered(socket) => socket.try_read_buf(buf),
-            State::Lost => Err(lost()),
+    /// Reads what has arrived on a socket not registered yet, without
+    /// waiting (`WouldBlock` if nothing has); `None` once it is registered.
+    /// A registered socket is read with `poll_read` instead: tokio's
+    /// `try_read` leaves it marked readable after a read, so the wait for
+    /// the next request would end at once and the connection would then wait
+    /// inside a request's state rather than idle (or parked).
+    pub(crate) fn read_unregistered(&mut self, buf: &mut BytesMut) -> Option<io::Result<usize>> {
+        let State::Direct(socket) = &self.0 else {
+            return None;
+        };
+        let mut read = ReadBuf::uninit(buf.spare_capacity_mut());
+        if let Err(e) = recv(socket, &mut read) {
+            return Some(Err(e));
         }
+        let n = read.filled().len();
+        // SAFETY: recv initialised the first `n` spare bytes.
+        unsafe { buf.set_len(buf.len() + n) };
+        Some(Ok(n))
     }
 
     /// `op` on the unregistered socket; `None` when the socket is
@@ -294,7 +298,7 @@ mod tests {
         // Until it arrives, nothing to read, and still not registered.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let read = loop {
-            match socket.try_read_buf(&mut buf) {
+            match socket.read_unregistered(&mut buf).expect("not registered") {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     assert!(
                         std::time::Instant::now() < deadline,

@@ -533,27 +533,50 @@ async fn an_http2_request_the_target_never_answers_is_a_504_in_time() {
 #[tokio::test]
 async fn many_idle_connections_are_parked_and_still_served_and_timed_out() {
     // More connections than a worker keeps as tasks while idle (256): the
-    // idle ones are parked, woken by their next request.
+    // idle ones beyond are parked, woken by their next request.
+    const KEPT: usize = 256;
     const CONNECTIONS: usize = 300;
     let idle = Duration::from_secs(6);
     let (proxy, addr) = proxy_with_idle_timeout(ok_backend().await, idle).await;
     let get = "GET / HTTP/1.1\r\nhost: a\r\n\r\n";
     let mut clients = Vec::with_capacity(CONNECTIONS);
-    for _ in 0..CONNECTIONS {
+    for _ in 0..KEPT {
         let mut c = TcpStream::connect(addr).await.unwrap();
         assert!(exchange(&mut c, get).await.starts_with("HTTP/1.1 200"));
         clients.push(c);
     }
-    // Idle connections beyond the threshold hold no task (checked well
-    // before the idle timeout could close any).
-    let deadline = std::time::Instant::now() + idle / 3;
-    while proxy.tasks() >= CONNECTIONS {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} tasks for {CONNECTIONS} idle connections: none parked",
-            proxy.tasks()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    // The listener, the sweeps and the connections kept as tasks.
+    let kept = proxy.tasks();
+    let settled = |what: &str| {
+        let deadline = std::time::Instant::now() + idle / 3;
+        let what = what.to_owned();
+        let proxy = &proxy;
+        async move {
+            while proxy.tasks() > kept {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{} tasks, {kept} before: {what}",
+                    proxy.tasks()
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    // The rest ask only once the proxy has found nothing to read and parked
+    // them, so their first request comes through the parked path; once
+    // answered, each is parked again, holding no task (nor a request's
+    // buffers).
+    for i in KEPT..CONNECTIONS {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        let deadline = std::time::Instant::now() + ANSWER;
+        while proxy.client_connections() <= i {
+            assert!(std::time::Instant::now() < deadline, "never accepted");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        settled("a new connection with nothing to read was not parked").await;
+        assert!(exchange(&mut c, get).await.starts_with("HTTP/1.1 200"));
+        settled("a connection idle after its first request was not parked").await;
+        clients.push(c);
     }
     for (i, c) in clients.iter_mut().enumerate() {
         let answer = exchange(c, get).await;
@@ -562,6 +585,7 @@ async fn many_idle_connections_are_parked_and_still_served_and_timed_out() {
             "connection {i}: {answer}"
         );
     }
+    settled("connections idle after a second request were not parked").await;
     // Parked or not, each is closed once idle for the timeout.
     for c in &mut clients {
         closed_within(c, idle + ANSWER).await;

@@ -320,10 +320,12 @@ async fn read_head(
         bufs.client.reserve(4096);
         if first && bufs.client.is_empty() {
             // Not waited for: a new connection's request is most likely here.
-            match client.try_read_buf(&mut bufs.client) {
-                Ok(n) if n > 0 => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Head::NothingYet,
-                _ => return Head::Closed,
+            match client.read_unregistered(&mut bufs.client) {
+                Some(Ok(n)) if n > 0 => continue,
+                Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => return Head::NothingYet,
+                Some(_) => return Head::Closed,
+                // Registered: it waited for readiness, and is read below.
+                None => {}
             }
         }
         let read = client.read_buf(&mut bufs.client);
