@@ -6,6 +6,7 @@ mod support;
 use support::*;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -314,4 +315,31 @@ fn a_target_that_died_is_a_502_or_503_never_a_hang() {
         || b.status("web")["active"]["targets"][0]["healthy"] == false,
     );
     assert_eq!(get(&b.url("/")).0, 503);
+}
+
+/// baton's heap is built without transparent huge pages (see main.rs): where
+/// the system grants them on request, a heap on them grows 2 MiB at a time,
+/// which on a proxy holding many small idle connections is mostly waste.
+#[test]
+fn the_heap_is_not_on_huge_pages() {
+    let thp =
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled").unwrap_or_default();
+    if !thp.contains("[madvise]") {
+        // "always" gives huge pages unasked, "never" to no one: nothing to tell.
+        eprintln!("skipped: transparent huge pages are not granted on request here ({thp:?})");
+        return;
+    }
+    let b = one_service();
+    b.ok(&["deploy", "web", "v1"]);
+    for _ in 0..100 {
+        assert_eq!(get(&b.url("/")).0, 200);
+    }
+    let pid = b.serve_pid().expect("baton serve runs");
+    let rollup = read(Path::new(&format!("/proc/{pid}/smaps_rollup")));
+    let huge: u64 = rollup
+        .lines()
+        .find_map(|l| l.strip_prefix("AnonHugePages:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("AnonHugePages in smaps_rollup");
+    assert_eq!(huge, 0, "baton serve has {huge} KiB on huge pages");
 }

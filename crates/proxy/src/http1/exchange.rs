@@ -236,12 +236,14 @@ impl Exchange<'_> {
             return After::Close;
         };
         let hold = hold.upgraded();
-        tunnel::relay(
+        // Boxed: the relay's state (2.7 KiB) would otherwise be part of every
+        // request's future, held by each request in flight.
+        Box::pin(tunnel::relay(
             tunnel::Side::new(client, &self.bufs.client),
             tunnel::Side::new(upstream.stream, &self.bufs.upstream),
             hold.closing(),
             self.req.websocket,
-        )
+        ))
         .await;
         drop(hold);
         After::Close
