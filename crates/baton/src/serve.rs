@@ -35,6 +35,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<u8> {
         .iter()
         .map(|addr| bind(*addr).with_context(|| format!("cannot listen on {addr} (proxy.listen)")))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    for listener in &listeners {
+        baton_proxy::defer_accept(listener);
+    }
     let metrics = match config.metrics.listen {
         Some(addr) => {
             Some(bind(addr).with_context(|| format!("cannot listen on {addr} (metrics.listen)"))?)
