@@ -35,8 +35,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<u8> {
         .iter()
         .map(|addr| bind(*addr).with_context(|| format!("cannot listen on {addr} (proxy.listen)")))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    for listener in &listeners {
-        baton_proxy::defer_accept(listener);
+    for (listener, addr) in listeners.iter().zip(&config.proxy.listen) {
+        baton_proxy::deepen_backlog(listener)
+            .with_context(|| format!("cannot listen on {addr} (proxy.listen)"))?;
     }
     let metrics = match config.metrics.listen {
         Some(addr) => {

@@ -98,44 +98,38 @@ async fn accept(listener: &AsyncFd<TcpListener>) -> io::Result<(ClientSocket, So
 /// connection accepted from it, which spares a system call per connection;
 /// elsewhere (false) each connection sets it itself.
 fn nodelay_for_accepted(listener: &TcpListener) -> bool {
-    cfg!(target_os = "linux") && set_tcp_option(listener, libc::TCP_NODELAY, 1)
-}
-
-/// Asks Linux to hand over connections accepted from `listener` only once
-/// their first bytes have come (TCP_DEFER_ACCEPT, as nginx's `deferred` and
-/// HAProxy's `defer-accept` do). A client's connect usually reaches the
-/// proxy before its request; accepted at once, the connection's first read
-/// finds nothing, so it must be registered with the I/O driver and waited
-/// for: a failed read, two `epoll_ctl` and a wake-up more per connection.
-/// A client that connects and says nothing is handed over only after a
-/// second or more (once it answers the kernel's repeated SYN-ACK), and is
-/// then timed out as any idle connection is.
-/// Returns false where the system has no such option or refuses it; then
-/// connections are accepted at once.
-pub fn defer_accept(listener: &TcpListener) -> bool {
-    #[cfg(target_os = "linux")]
-    return set_tcp_option(listener, libc::TCP_DEFER_ACCEPT, 1);
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = listener;
-        false
+    if !cfg!(target_os = "linux") {
+        return false;
     }
-}
-
-/// One integer TCP option of the listening socket; false if refused.
-fn set_tcp_option(listener: &TcpListener, option: libc::c_int, value: libc::c_int) -> bool {
+    let on: libc::c_int = 1;
     // SAFETY: a valid descriptor (the listener is borrowed for the call)
     // and an option value of the size given.
     let set = unsafe {
         libc::setsockopt(
             listener.as_raw_fd(),
             libc::IPPROTO_TCP,
-            option,
-            (&value as *const libc::c_int).cast(),
+            libc::TCP_NODELAY,
+            (&on as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
     set == 0
+}
+
+/// Deepens `listener`'s queue of connections waiting to be accepted to what
+/// the system allows (`net.core.somaxconn`, 4096 by default). The standard
+/// library listens with 128: a burst of a thousand connects overflowed it,
+/// and every connection dropped so waited a second or more for its SYN to
+/// be sent again (nginx listens with 511, HAProxy with its `maxconn`).
+pub fn deepen_backlog(listener: &TcpListener) -> io::Result<()> {
+    // Listening again on a listening socket sets its backlog; the kernel
+    // caps it at somaxconn.
+    // SAFETY: a valid descriptor, borrowed for the call.
+    if unsafe { libc::listen(listener.as_raw_fd(), libc::c_int::MAX) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// A connection whose first bytes were already read: they are read again first.
@@ -194,6 +188,24 @@ impl AsyncWrite for Prefixed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_burst_of_connects_waits_in_the_deepened_backlog() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        deepen_backlog(&listener).unwrap();
+        let addr = listener.local_addr().unwrap();
+        // More than the standard library's 128, none accepted yet: with its
+        // backlog, the later ones have their SYN dropped and wait seconds.
+        let clients: Vec<_> = (0..300)
+            .map(|i| {
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(900))
+                    .unwrap_or_else(|e| panic!("connection {i} waited: {e}"))
+            })
+            .collect();
+        listener.set_nonblocking(true).unwrap();
+        let accepted = std::iter::from_fn(|| listener.accept().ok()).count();
+        assert_eq!(accepted, clients.len());
+    }
 
     #[test]
     fn accepted_connections_do_not_wait_to_fill_segments() {

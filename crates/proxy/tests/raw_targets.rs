@@ -530,31 +530,6 @@ async fn an_http2_request_the_target_never_answers_is_a_504_in_time() {
     assert!(started.elapsed() >= timeout, "504 before the timeout");
 }
 
-/// On a listener with `defer_accept`, a connection reaches the proxy with its
-/// first bytes: one that says nothing is not handed over, even though it
-/// connected before one that asks, which is served at once.
-#[tokio::test]
-async fn a_deferred_listener_hands_over_connections_with_their_request() {
-    let (proxy, _) = proxy_with_idle_timeout(ok_backend().await, Duration::from_secs(30)).await;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    if !baton_proxy::defer_accept(&listener) {
-        eprintln!("skipped: no TCP_DEFER_ACCEPT here");
-        return;
-    }
-    let addr = proxy.serve(listener).unwrap();
-    // The accept queue is in order: accepted at once, the silent one would
-    // be open before the other is answered.
-    let _silent = TcpStream::connect(addr).await.unwrap();
-    let mut asking = TcpStream::connect(addr).await.unwrap();
-    let get = "GET / HTTP/1.1\r\nhost: a\r\n\r\n";
-    assert!(exchange(&mut asking, get).await.starts_with("HTTP/1.1 200"));
-    assert_eq!(
-        proxy.client_connections(),
-        1,
-        "the connection that sent nothing was handed over"
-    );
-}
-
 #[tokio::test]
 async fn many_idle_connections_are_parked_and_still_served_and_timed_out() {
     // More connections than a worker keeps as tasks while idle (256): the
