@@ -35,10 +35,6 @@ pub async fn run(config_path: &Path) -> anyhow::Result<u8> {
         .iter()
         .map(|addr| bind(*addr).with_context(|| format!("cannot listen on {addr} (proxy.listen)")))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    for (listener, addr) in listeners.iter().zip(&config.proxy.listen) {
-        baton_proxy::deepen_backlog(listener)
-            .with_context(|| format!("cannot listen on {addr} (proxy.listen)"))?;
-    }
     let metrics = match config.metrics.listen {
         Some(addr) => {
             Some(bind(addr).with_context(|| format!("cannot listen on {addr} (metrics.listen)"))?)

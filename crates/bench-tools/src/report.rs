@@ -293,11 +293,11 @@ fn representative<'a>(scenario: &str, runs: Vec<&'a Map<String, Value>>) -> &'a 
         .iter()
         .any(|&(id, _, kind)| id == scenario && kind == Kind::Memory);
     let run = |r: &Map<String, Value>| num(r, "run").unwrap_or(f64::INFINITY);
-    match runs
+    let first = runs
         .iter()
         .copied()
-        .min_by(|a, b| run(a).total_cmp(&run(b)))
-    {
+        .min_by(|a, b| run(a).total_cmp(&run(b)));
+    match first {
         Some(first) if memory => first,
         _ => median(runs),
     }

@@ -43,11 +43,10 @@ pub use forward::Timeouts;
 pub use health_check::{HealthCheck, Prober};
 pub use preview::Preview;
 pub use router::{HostTable, NoRoute, Router, Service};
-pub use server::deepen_backlog;
 pub use target::{Pool, Target};
 
 use forward::{Forwarder, Routing};
-use server::Listener;
+use server::{deepen_backlog, Listener};
 use worker::Worker;
 
 /// The proxy: its workers, the route table they read, and the health checker.
@@ -85,6 +84,7 @@ impl Proxy {
     pub fn serve(&self, listener: std::net::TcpListener) -> io::Result<SocketAddr> {
         let addr = listener.local_addr()?;
         listener.set_nonblocking(true)?;
+        deepen_backlog(&listener)?;
         for worker in &self.workers {
             let socket = listener.try_clone()?;
             let serve = Listener {

@@ -530,6 +530,30 @@ async fn an_http2_request_the_target_never_answers_is_a_504_in_time() {
     assert!(started.elapsed() >= timeout, "504 before the timeout");
 }
 
+/// A served listener's accept queue is as deep as the system allows (the
+/// standard library's is 128), as `ss` reports it.
+#[tokio::test]
+async fn a_served_listener_queues_what_the_system_allows() {
+    let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .expect("somaxconn")
+        .trim()
+        .parse()
+        .expect("a number");
+    let (_proxy, addr) = proxy_with_idle_timeout(ok_backend().await, ANSWER).await;
+    let out = std::process::Command::new("ss")
+        .args(["-Hltn", &format!("sport = :{}", addr.port())])
+        .output()
+        .expect("ss (iproute2) runs");
+    let listing = String::from_utf8_lossy(&out.stdout);
+    // State, Recv-Q, Send-Q (for a listener: its backlog), ...
+    let backlog: usize = listing
+        .split_whitespace()
+        .nth(2)
+        .and_then(|q| q.parse().ok())
+        .unwrap_or_else(|| panic!("no listener in: {listing:?}"));
+    assert_eq!(backlog, somaxconn);
+}
+
 #[tokio::test]
 async fn many_idle_connections_are_parked_and_still_served_and_timed_out() {
     // More connections than a worker keeps as tasks while idle (256): the
