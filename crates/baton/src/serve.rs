@@ -75,6 +75,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<u8> {
     ));
     orchestrator.recover().await?;
     for listener in listeners {
+        // Clients get their connection when their request comes: see
+        // baton_proxy::defer_accept (best effort: accepted at once otherwise).
+        baton_proxy::defer_accept(&listener);
         let addr = proxy.serve(listener)?;
         tracing::info!(%addr, "proxy listening");
     }

@@ -343,3 +343,29 @@ fn the_heap_is_not_on_huge_pages() {
         .expect("AnonHugePages in smaps_rollup");
     assert_eq!(huge, 0, "baton serve has {huge} KiB on huge pages");
 }
+
+/// `baton serve`'s listeners defer accepting: a client that connects and
+/// says nothing yet is held by the kernel (SYN-RECV on the listener's side,
+/// as `ss` lists it) rather than handed to baton at once.
+#[test]
+fn a_silent_connect_waits_in_the_kernel_for_its_request() {
+    let b = one_service();
+    let client = std::net::TcpStream::connect(("127.0.0.1", b.port)).unwrap();
+    let connected = Instant::now();
+    let mine = client.local_addr().unwrap().to_string();
+    let out = std::process::Command::new("ss")
+        .args(["-Htn", "state", "syn-recv", &format!("sport = :{}", b.port)])
+        .output()
+        .expect("ss (iproute2) runs");
+    // After a second the kernel sends its SYN-ACK again, and the client's
+    // answer hands the connection over: too slow a machine tells nothing.
+    if connected.elapsed() >= Duration::from_millis(900) {
+        eprintln!("skipped: ss took {:?}", connected.elapsed());
+        return;
+    }
+    let held = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        held.split_whitespace().any(|field| field == mine),
+        "{mine} not waiting for its request: {held:?}"
+    );
+}

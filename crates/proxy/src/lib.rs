@@ -43,6 +43,7 @@ pub use forward::Timeouts;
 pub use health_check::{HealthCheck, Prober};
 pub use preview::Preview;
 pub use router::{HostTable, NoRoute, Router, Service};
+pub use server::defer_accept;
 pub use target::{Pool, Target};
 
 use forward::{Forwarder, Routing};

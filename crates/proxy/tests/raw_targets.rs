@@ -554,6 +554,35 @@ async fn a_served_listener_queues_what_the_system_allows() {
     assert_eq!(backlog, somaxconn);
 }
 
+/// On a listener with `defer_accept`, a connection reaches the proxy with its
+/// first bytes: one that says nothing is not handed over, even though it
+/// connected before one that asks, which is served at once.
+#[tokio::test]
+async fn a_deferred_listener_hands_over_connections_with_their_request() {
+    let (proxy, _) = proxy_with_idle_timeout(ok_backend().await, Duration::from_secs(30)).await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    if !baton_proxy::defer_accept(&listener) {
+        eprintln!("skipped: no TCP_DEFER_ACCEPT here");
+        return;
+    }
+    let addr = proxy.serve(listener).unwrap();
+    // The accept queue is in order: accepted at once, the silent one would
+    // be open before the other is answered.
+    let connected = std::time::Instant::now();
+    let _silent = TcpStream::connect(addr).await.unwrap();
+    let mut asking = TcpStream::connect(addr).await.unwrap();
+    let get = "GET / HTTP/1.1\r\nhost: a\r\n\r\n";
+    assert!(exchange(&mut asking, get).await.starts_with("HTTP/1.1 200"));
+    let open = proxy.client_connections();
+    // After a second the kernel sends its SYN-ACK again, and the silent
+    // client's answer hands it over: too slow a machine tells nothing.
+    if connected.elapsed() >= Duration::from_millis(900) {
+        eprintln!("skipped: {:?} to connect and ask", connected.elapsed());
+        return;
+    }
+    assert_eq!(open, 1, "the connection that sent nothing was handed over");
+}
+
 #[tokio::test]
 async fn many_idle_connections_are_parked_and_still_served_and_timed_out() {
     // More connections than a worker keeps as tasks while idle (256): the
