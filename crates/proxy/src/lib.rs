@@ -81,7 +81,8 @@ impl Proxy {
 
     /// Serves a bound listener on every worker; returns its address. The
     /// workers share the one socket (and its accept queue), so it can be
-    /// handed over to another process as it is.
+    /// handed over to another process as it is. Its backlog is deepened
+    /// here; deferring its accepts ([`defer_accept`]) is the caller's choice.
     pub fn serve(&self, listener: std::net::TcpListener) -> io::Result<SocketAddr> {
         let addr = listener.local_addr()?;
         listener.set_nonblocking(true)?;
