@@ -20,7 +20,13 @@ use tokio::net::TcpStream;
 
 /// A client connection's socket.
 #[derive(Debug)]
-pub(crate) struct ClientSocket(State);
+pub(crate) struct ClientSocket {
+    state: State,
+    /// The last read emptied the socket: nothing that arrived before it is
+    /// left unread. Parking (`http1::IdleClients`) trusts this rather than
+    /// ask the kernel again; anything that reads past this type clears it.
+    drained: bool,
+}
 
 #[derive(Debug)]
 enum State {
@@ -70,7 +76,11 @@ pub(crate) fn accept(listener: &std::net::TcpListener) -> io::Result<(ClientSock
     let socket = unsafe { std::net::TcpStream::from_raw_fd(fd) };
     let peer = socket_addr(&addr)
         .ok_or_else(|| io::Error::other("accepted a connection that is not IPv4 or IPv6"))?;
-    Ok((ClientSocket(State::Direct(socket)), peer))
+    let client = ClientSocket {
+        state: State::Direct(socket),
+        drained: false,
+    };
+    Ok((client, peer))
 }
 
 /// The address accept(2) wrote, if it is an internet one.
@@ -100,13 +110,15 @@ impl ClientSocket {
     /// needs the driver, and what relays it for long (a request body, a
     /// tunnel) uses it directly rather than through this type.
     pub(crate) fn registered(&mut self) -> io::Result<&mut TcpStream> {
+        // Whoever reads it from here on, this type does not see.
+        self.drained = false;
         // Tested first: this runs on every poll of a registered socket, and
         // moving the socket out and back in costs more than the poll.
-        if !matches!(self.0, State::Registered(_)) {
-            let state = std::mem::replace(&mut self.0, State::Lost);
-            self.0 = State::Registered(state.into_registered()?);
+        if !matches!(self.state, State::Registered(_)) {
+            let state = std::mem::replace(&mut self.state, State::Lost);
+            self.state = State::Registered(state.into_registered()?);
         }
-        match &mut self.0 {
+        match &mut self.state {
             State::Registered(socket) => Ok(socket),
             _ => Err(lost()),
         }
@@ -115,14 +127,46 @@ impl ClientSocket {
     /// Sends small writes at once, on a system where the listener does not
     /// pass that on.
     pub(crate) fn set_nodelay(&self) {
-        if let State::Direct(socket) = &self.0 {
+        if let State::Direct(socket) = &self.state {
             let _ = socket.set_nodelay(true);
         }
     }
 
     /// The tokio socket, for a protocol that takes it over (HTTP/2).
     pub(crate) fn into_registered(self) -> io::Result<TcpStream> {
-        self.0.into_registered()
+        self.state.into_registered()
+    }
+
+    /// Takes the socket back from the I/O driver, which frees what the
+    /// driver keeps for it: a parked connection waits elsewhere. False when
+    /// that failed, which closed the socket.
+    pub(crate) fn unregister(&mut self) -> bool {
+        self.state = match std::mem::replace(&mut self.state, State::Lost) {
+            State::Registered(socket) => socket.into_std().map_or(State::Lost, State::Direct),
+            other => other,
+        };
+        !matches!(self.state, State::Lost)
+    }
+
+    /// Nothing is left unread of what arrived before the last read.
+    pub(crate) fn drained(&self) -> bool {
+        self.drained
+    }
+
+    /// Something waits to be read: bytes, the end of the stream, or an
+    /// error. Asks the kernel, without reading.
+    pub(crate) fn has_input(&self) -> bool {
+        let mut byte = 0u8;
+        // SAFETY: recv writes at most one byte into `byte`.
+        let n = unsafe {
+            libc::recv(
+                self.as_raw_fd(),
+                (&mut byte as *mut u8).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        n >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock
     }
 
     pub(crate) fn poll_read_ready(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -139,11 +183,13 @@ impl ClientSocket {
     /// the next request would end at once and the connection would then wait
     /// inside a request's state rather than idle (or parked).
     pub(crate) fn read_unregistered(&mut self, buf: &mut BytesMut) -> Option<io::Result<usize>> {
-        let State::Direct(socket) = &self.0 else {
+        let State::Direct(socket) = &self.state else {
             return None;
         };
         let mut read = ReadBuf::uninit(buf.spare_capacity_mut());
-        if let Err(e) = recv(socket, &mut read) {
+        let done = recv(socket, &mut read);
+        self.drained = read_drained(&done, &read);
+        if let Err(e) = done {
             return Some(Err(e));
         }
         let n = read.filled().len();
@@ -158,7 +204,7 @@ impl ClientSocket {
         &self,
         op: impl FnOnce(&std::net::TcpStream) -> io::Result<T>,
     ) -> Option<io::Result<T>> {
-        let State::Direct(socket) = &self.0 else {
+        let State::Direct(socket) = &self.state else {
             return None;
         };
         match op(socket) {
@@ -175,6 +221,15 @@ impl ClientSocket {
             Ok(socket) => op(Pin::new(socket)),
             Err(e) => Poll::Ready(Err(e)),
         }
+    }
+}
+
+/// A read that ended short of its buffer, or would have blocked, left
+/// nothing behind in the socket.
+fn read_drained(done: &io::Result<()>, buf: &ReadBuf<'_>) -> bool {
+    match done {
+        Ok(()) => buf.remaining() > 0,
+        Err(e) => e.kind() == io::ErrorKind::WouldBlock,
     }
 }
 
@@ -211,7 +266,7 @@ fn recv(socket: &std::net::TcpStream, buf: &mut ReadBuf<'_>) -> io::Result<()> {
 
 impl AsRawFd for ClientSocket {
     fn as_raw_fd(&self) -> RawFd {
-        match &self.0 {
+        match &self.state {
             State::Direct(socket) => socket.as_raw_fd(),
             State::Registered(socket) => socket.as_raw_fd(),
             State::Lost => -1,
@@ -226,10 +281,16 @@ impl AsyncRead for ClientSocket {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if let Some(done) = this.direct(|socket| recv(socket, buf)) {
-            return Poll::Ready(done);
-        }
-        this.with_registered(|socket| socket.poll_read(cx, buf))
+        let read = match this.direct(|socket| recv(socket, buf)) {
+            Some(done) => Poll::Ready(done),
+            None => this.with_registered(|socket| socket.poll_read(cx, buf)),
+        };
+        this.drained = match &read {
+            Poll::Ready(done) => read_drained(done, buf),
+            // It would have blocked.
+            Poll::Pending => true,
+        };
+        read
     }
 }
 
@@ -312,7 +373,7 @@ mod tests {
         assert_eq!(&buf[..read], b"ping");
         socket.write_all(b"pong").await.unwrap();
         socket.shutdown().await.unwrap();
-        assert!(matches!(socket.0, State::Direct(_)));
+        assert!(matches!(socket.state, State::Direct(_)));
         let mut answer = Vec::new();
         peer.read_to_end(&mut answer).await.unwrap();
         assert_eq!(answer, b"pong");
@@ -333,7 +394,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(&buf, b"late");
-        assert!(matches!(socket.0, State::Registered(_)));
+        assert!(matches!(socket.state, State::Registered(_)));
     }
 
     #[tokio::test]
@@ -346,7 +407,38 @@ mod tests {
         peer.read_exact(&mut got).await.unwrap();
         assert!(got.iter().all(|&b| b == 7));
         let socket = writer.await.unwrap().unwrap();
-        assert!(matches!(socket.0, State::Registered(_)));
+        assert!(matches!(socket.state, State::Registered(_)));
+    }
+
+    #[tokio::test]
+    async fn a_read_that_fills_its_buffer_may_leave_input_behind() {
+        let (mut socket, _, mut peer) = accepted().await;
+        peer.write_all(b"0123456789").await.unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !socket.has_input() {
+            assert!(std::time::Instant::now() < deadline, "nothing arrived");
+            tokio::task::yield_now().await;
+        }
+        let mut four = [0; 4];
+        let n = socket.read(&mut four).await.unwrap();
+        assert_eq!(n, 4);
+        assert!(!socket.drained());
+        assert!(socket.has_input());
+        let mut rest = [0; 64];
+        let n = socket.read(&mut rest).await.unwrap();
+        assert_eq!(&rest[..n], b"456789");
+        assert!(socket.drained());
+        assert!(!socket.has_input());
+        // The end of the stream is input too: it wakes a parked connection.
+        drop(peer);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !socket.has_input() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the close never arrived"
+            );
+            tokio::task::yield_now().await;
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! the connections to targets.
 
 use std::future::Future;
+use std::io;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
@@ -213,19 +214,21 @@ impl Attempts {
 }
 
 impl Forwarder {
-    pub(crate) fn new(timeouts: Timeouts) -> Self {
-        Self {
+    pub(crate) fn new(timeouts: Timeouts) -> io::Result<Self> {
+        Ok(Self {
             connections: Arc::new(Connections::new(timeouts.connect)),
-            idle_clients: Arc::new(IdleClients::new(timeouts.idle)),
+            idle_clients: Arc::new(IdleClients::new(timeouts.idle)?),
             timeouts,
             request_ids: RequestIds::new(),
             open_clients: Arc::default(),
-        }
+        })
     }
 
-    /// Keeps the pool and the idle clients tidy; runs on the runtime that uses them.
+    /// Keeps the pool and the idle clients tidy, and wakes parked clients;
+    /// runs on the runtime that uses them.
     pub(crate) fn spawn_sweeps(&self) {
         tokio::spawn(self.connections.clone().sweep());
         tokio::spawn(self.idle_clients.clone().sweep());
+        tokio::spawn(self.idle_clients.clone().wake_parked());
     }
 }

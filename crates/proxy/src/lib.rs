@@ -68,7 +68,7 @@ impl Proxy {
         let workers = (0..workers.max(1))
             .map(|i| Worker::spawn(i, timeouts, stop.clone()))
             .collect::<io::Result<Vec<_>>>()?;
-        let preview_forwarder = Arc::new(Forwarder::new(timeouts));
+        let preview_forwarder = Arc::new(Forwarder::new(timeouts)?);
         preview_forwarder.spawn_sweeps();
         Ok(Self {
             router: Arc::new(Router::default()),

@@ -49,7 +49,7 @@ impl Worker {
         let handle: Handle = rx
             .recv()
             .map_err(|_| io::Error::other("proxy worker died while starting"))??;
-        let forwarder = Arc::new(Forwarder::new(timeouts));
+        let forwarder = Arc::new(Forwarder::new(timeouts)?);
         let sweeps = forwarder.clone();
         handle.spawn(async move { sweeps.spawn_sweeps() });
         Ok(Self {

@@ -639,10 +639,130 @@ async fn many_idle_connections_are_parked_and_still_served_and_timed_out() {
         );
     }
     settled("connections idle after a second request were not parked").await;
+    // All idle on a worker holding more than 256, all are parked: their
+    // sockets wait in a set of their own, not in the runtime's I/O driver
+    // (whose set holds the listener and its own waker too), which would
+    // keep 256 bytes for each.
+    let parked = accepted_on(addr);
+    assert_eq!(parked.len(), CONNECTIONS);
+    let mut watched = std::collections::BTreeSet::new();
+    for set in epoll_sets() {
+        if set.iter().any(|fd| parked.contains(fd)) {
+            let others: Vec<_> = set.difference(&parked).collect();
+            assert!(
+                others.is_empty(),
+                "parked sockets share a set with {others:?}"
+            );
+            watched.extend(set);
+        }
+    }
+    assert_eq!(watched, parked, "parked sockets in no set");
     // Parked or not, each is closed once idle for the timeout.
     for c in &mut clients {
         closed_within(c, idle + ANSWER).await;
     }
+}
+
+#[tokio::test]
+async fn a_parked_connection_answers_a_request_pipelined_while_it_was_busy() {
+    // A request that arrives while its connection waits for the target
+    // sends the socket's only edge then: parking again must look first.
+    let (got_slow, mut slow_arrived) = tokio::sync::mpsc::unbounded_channel();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let released = release.clone();
+    let (target, _) = backend(move |mut conn| {
+        let (got_slow, release) = (got_slow.clone(), released.clone());
+        async move {
+            while let Some(head) = read_request(&mut conn).await {
+                if head.starts_with("get /slow") {
+                    let _ = got_slow.send(());
+                    release.notified().await;
+                } else if head.starts_with("get /release") {
+                    release.notify_one();
+                }
+                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                if conn.write_all(answer).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let (_proxy, addr) = proxy_to(target).await;
+    // Past 256, connections idle after a request are parked.
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nhost: a\r\n\r\n");
+    let mut clients = Vec::new();
+    for _ in 0..300 {
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        assert!(exchange(&mut c, &get("/"))
+            .await
+            .starts_with("HTTP/1.1 200"));
+        clients.push(c);
+    }
+    let (mut released_by, mut busy) = (clients.pop().unwrap(), clients.pop().unwrap());
+    // Or Nagle would hold the pipelined request until the first's answer.
+    busy.set_nodelay(true).unwrap();
+    busy.write_all(get("/slow").as_bytes()).await.unwrap();
+    tokio::time::timeout(ANSWER, slow_arrived.recv())
+        .await
+        .expect("the slow request reached the target");
+    // Pipelined while the first waits: the worker takes the edge as it
+    // wakes the other parked connection, whose request releases the first.
+    busy.write_all(get("/next").as_bytes()).await.unwrap();
+    assert!(exchange(&mut released_by, &get("/release"))
+        .await
+        .starts_with("HTTP/1.1 200"));
+    let mut answers = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(ANSWER, async {
+        while answers.windows(6).filter(|w| w == b"\r\n\r\nok").count() < 2 {
+            let n = busy.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed");
+            answers.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("both pipelined requests answered");
+}
+
+/// The sockets accepted on `addr` in this process (the proxy's side of its
+/// client connections).
+fn accepted_on(addr: SocketAddr) -> std::collections::BTreeSet<i32> {
+    use std::os::fd::FromRawFd;
+    let mut fds = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        // SAFETY: borrowed for two queries, never closed (ManuallyDrop).
+        let socket = std::mem::ManuallyDrop::new(unsafe { std::net::TcpStream::from_raw_fd(fd) });
+        if socket.local_addr().ok() == Some(addr) && socket.peer_addr().is_ok() {
+            fds.insert(fd);
+        }
+    }
+    fds
+}
+
+/// The descriptors each epoll set of this process watches.
+fn epoll_sets() -> Vec<std::collections::BTreeSet<i32>> {
+    let mut sets = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let is_epoll = std::fs::read_link(entry.path())
+            .is_ok_and(|target| target.to_string_lossy() == "anon_inode:[eventpoll]");
+        let info = std::fs::read_to_string(format!(
+            "/proc/self/fdinfo/{}",
+            entry.file_name().to_string_lossy()
+        ));
+        if let (true, Ok(info)) = (is_epoll, info) {
+            sets.push(
+                info.lines()
+                    .filter_map(|l| l.strip_prefix("tfd:"))
+                    .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+                    .collect(),
+            );
+        }
+    }
+    sets
 }
 
 /// A target that answers every request with `name`.

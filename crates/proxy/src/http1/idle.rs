@@ -1,5 +1,5 @@
-//! The client idle timeout, kept by one sweep per worker instead of a timer
-//! in every connection.
+//! A worker's client connections between requests: the idle timeout, kept
+//! by one sweep instead of a timer in every connection, and parking.
 //!
 //! Why: an idle keep-alive connection should cost next to nothing, and a
 //! timer is the largest thing its task would hold. Each connection takes a
@@ -8,16 +8,34 @@
 //! long, which wakes them with end of file, and they close. A slot is
 //! released before its socket is closed, under the same lock the sweep takes,
 //! so the sweep never touches a descriptor the kernel has handed out again.
+//!
+//! On a worker holding many connections, an idle one is parked: it moves
+//! into its slot, with no task, and its socket waits in the worker's own
+//! epoll set (edge-triggered, keyed by slot) rather than in tokio's I/O
+//! driver, which would keep 256 bytes of state for it. One task per worker
+//! waits on that set and spawns a task for each connection whose next
+//! request arrives: a parked connection costs its slot, 160 bytes.
 
-use std::os::fd::RawFd;
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// One worker's client connections, and since when each has been idle.
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+use super::Conn;
+
+/// One worker's client connections, since when each has been idle, and the
+/// parked ones.
 #[derive(Debug)]
 pub(crate) struct IdleClients {
     slots: Mutex<Slots>,
     timeout: Duration,
+    /// The parked connections' sockets, each registered once (on its first
+    /// parking) for as long as it speaks HTTP/1.1.
+    epoll: OwnedFd,
 }
 
 #[derive(Debug, Default)]
@@ -26,17 +44,36 @@ struct Slots {
     free: Vec<usize>,
 }
 
-#[derive(Debug, Clone, Copy)]
 struct Slot {
     fd: RawFd,
     /// `None` while a request is being served.
     idle_since: Option<Instant>,
+    /// The connection itself, while parked.
+    parked: Option<Conn>,
+    /// The socket is in the worker's epoll set.
+    watched: bool,
+    /// Input arrived while the connection was not parked: it looks before
+    /// parking again, as that edge will not come twice.
+    woken: bool,
 }
 
-/// A worker with more client connections than this parks its idle ones
-/// (see `http1::Conn::park`): no task each, at the price of a spawn per
-/// request. Below it, idle connections keep their task, the fastest way.
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot")
+            .field("fd", &self.fd)
+            .field("idle_since", &self.idle_since)
+            .field("parked", &self.parked.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A worker with more client connections than this parks its idle ones:
+/// no task each, at the price of a spawn per request. Below it, idle
+/// connections keep their task, the fastest way.
 const PARK_ABOVE: usize = 256;
+
+/// Readiness events taken from the epoll set per call.
+const EVENTS: usize = 256;
 
 /// A connection's slot; released when dropped.
 #[derive(Debug)]
@@ -46,11 +83,18 @@ pub(crate) struct IdleSlot {
 }
 
 impl IdleClients {
-    pub(crate) fn new(timeout: Duration) -> Self {
-        Self {
+    pub(crate) fn new(timeout: Duration) -> io::Result<Self> {
+        // SAFETY: plain system call; the descriptor is checked below.
+        let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if epoll < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self {
             slots: Mutex::new(Slots::default()),
             timeout,
-        }
+            // SAFETY: a new descriptor that nothing else owns.
+            epoll: unsafe { OwnedFd::from_raw_fd(epoll) },
+        })
     }
 
     /// Takes a slot for the client connection on `fd`, idle from now.
@@ -58,6 +102,9 @@ impl IdleClients {
         let slot = Slot {
             fd,
             idle_since: Some(Instant::now()),
+            parked: None,
+            watched: false,
+            woken: false,
         };
         let mut slots = self.lock();
         let key = match slots.free.pop() {
@@ -104,6 +151,156 @@ impl IdleClients {
             }
         }
     }
+
+    /// Parks `conn` in its slot until input arrives on its socket. Returns
+    /// it instead when input is already there, or its socket cannot be
+    /// watched: then it is served at once.
+    pub(crate) fn park(&self, mut conn: Conn) -> Option<Conn> {
+        // Whatever tokio keeps for the socket is freed: it waits here now.
+        if !conn.client.unregister() {
+            return Some(conn);
+        }
+        let key = conn.idle.key;
+        let mut slots = self.lock();
+        let slot = &mut slots.entries[key];
+        let unseen = std::mem::take(&mut slot.woken) || !conn.client.drained();
+        if unseen && conn.client.has_input() {
+            return Some(conn);
+        }
+        if !slot.watched {
+            if let Err(e) = self.watch(slot.fd, key) {
+                tracing::debug!(error = %e, "cannot park a client connection");
+                return Some(conn);
+            }
+            slot.watched = true;
+        }
+        slot.parked = Some(conn);
+        None
+    }
+
+    /// Adds a socket to the epoll set, for as long as it is open.
+    /// Edge-triggered: an edge comes with each arrival; adding reports
+    /// input already there, so none is missed in between.
+    fn watch(&self, fd: RawFd, key: usize) -> io::Result<()> {
+        let mut event = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
+            u64: key as u64,
+        };
+        // SAFETY: both descriptors are open; `event` is valid for the call.
+        let added =
+            unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) };
+        if added < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Wakes parked connections as their input arrives, each into a task of
+    /// its own; runs on the worker's runtime for as long as it lives. The
+    /// connections still parked when it stops are closed.
+    pub(crate) fn wake_parked(self: Arc<Self>) -> impl Future<Output = ()> {
+        // Made before the future, so that dropping the future unparks even
+        // if it was never polled (see `Lot`).
+        let lot = Lot(self);
+        async move {
+            // SAFETY: the lot holds the table, which holds the set open.
+            let registered = unsafe { AsyncFd::register_with_interest(lot, Interest::READABLE) };
+            let epoll = match registered {
+                Ok(epoll) => epoll,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot wait for parked connections");
+                    return;
+                }
+            };
+            let clients = &epoll.get_ref().0;
+            let mut events = [libc::epoll_event { events: 0, u64: 0 }; EVENTS];
+            let mut woken = Vec::new();
+            loop {
+                let Ok(mut ready) = epoll.readable().await else {
+                    return;
+                };
+                // Emptied before waiting again: the set is edge-triggered in
+                // the driver's, so what is left in it would wake nobody.
+                loop {
+                    let n = clients.wait(&mut events);
+                    clients.unpark(&events[..n], &mut woken);
+                    for conn in woken.drain(..) {
+                        conn.resume();
+                    }
+                    if n < EVENTS {
+                        break;
+                    }
+                }
+                ready.clear_ready();
+            }
+        }
+    }
+
+    /// Takes the events ready on the epoll set, without waiting.
+    fn wait(&self, events: &mut [libc::epoll_event]) -> usize {
+        loop {
+            // SAFETY: the set is open; the kernel writes at most `len` events.
+            let n = unsafe {
+                libc::epoll_wait(
+                    self.epoll.as_raw_fd(),
+                    events.as_mut_ptr(),
+                    events.len() as libc::c_int,
+                    0,
+                )
+            };
+            if let Ok(n) = usize::try_from(n) {
+                return n;
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                tracing::error!(error = %e, "waiting for parked connections");
+                return 0;
+            }
+        }
+    }
+
+    /// The connections `events` are for, out of their slots; a connection
+    /// not parked is told it has input to look at.
+    fn unpark(&self, events: &[libc::epoll_event], woken: &mut Vec<Conn>) {
+        let mut slots = self.lock();
+        for event in events {
+            let Some(slot) = usize::try_from(event.u64)
+                .ok()
+                .and_then(|key| slots.entries.get_mut(key))
+            else {
+                continue;
+            };
+            match slot.parked.take() {
+                Some(conn) => woken.push(conn),
+                None => slot.woken = true,
+            }
+        }
+    }
+}
+
+/// The waking task's hold on the table. Parked connections hold the table
+/// too, so it would keep them (and itself) forever: the lot unparks, and so
+/// closes, what is still parked when the task goes.
+struct Lot(Arc<IdleClients>);
+
+impl AsRawFd for Lot {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.epoll.as_raw_fd()
+    }
+}
+
+impl Drop for Lot {
+    fn drop(&mut self) {
+        let parked: Vec<Conn> = self
+            .0
+            .lock()
+            .entries
+            .iter_mut()
+            .filter_map(|slot| slot.parked.take())
+            .collect();
+        // Outside the lock, which each connection's slot takes as it goes.
+        drop(parked);
+    }
 }
 
 impl IdleSlot {
@@ -119,12 +316,45 @@ impl IdleSlot {
     pub(crate) fn busy(&self) {
         self.clients.lock().entries[self.key].idle_since = None;
     }
+
+    /// The table this slot is in.
+    pub(crate) fn clients(&self) -> &Arc<IdleClients> {
+        &self.clients
+    }
 }
 
 impl Drop for IdleSlot {
     fn drop(&mut self) {
         let mut slots = self.clients.lock();
-        slots.entries[self.key].idle_since = None;
+        let slot = &mut slots.entries[self.key];
+        if slot.watched {
+            // The socket may live on (as HTTP/2): its events are not ours.
+            // SAFETY: the socket is still open (it closes after its slot).
+            unsafe {
+                libc::epoll_ctl(
+                    self.clients.epoll.as_raw_fd(),
+                    libc::EPOLL_CTL_DEL,
+                    slot.fd,
+                    std::ptr::null_mut(),
+                )
+            };
+        }
+        slot.idle_since = None;
+        slot.watched = false;
+        slot.woken = false;
         slots.free.push(self.key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_parked_connection_costs_its_slot() {
+        // All a parked connection holds (no task, no registration with the
+        // runtime): the slot it moves into, in a vector of them.
+        let slot = std::mem::size_of::<Slot>();
+        assert!(slot <= 160, "{slot} bytes");
     }
 }

@@ -11,7 +11,7 @@
 //! - `chunked`, `body`: where bodies end, and streaming them through.
 //! - `connections`: the worker's idle connections to targets.
 //! - `exchange`: one request, from pick to last byte; upgrades become a tunnel.
-//! - `idle`: the client idle timeout, one sweep per worker.
+//! - `idle`: the client idle timeout, one sweep per worker, and parking.
 //! - here: a client connection's life ([`Conn`]), parked between requests
 //!   when the worker holds many.
 //!
@@ -28,8 +28,7 @@ use std::cell::RefCell;
 use std::future::Future;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Wake, Waker};
+use std::sync::Arc;
 
 use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
@@ -142,24 +141,25 @@ pub(crate) fn start(listener: Arc<Listener>, client: ClientSocket, peer: Peer) {
         peer,
         first: true,
     };
-    tokio::spawn(conn.serve());
+    tokio::spawn(conn.serve(false));
 }
 
 impl Conn {
     /// Serves HTTP/1.1 requests until the connection closes, is parked, or
     /// turns out to speak HTTP/2. This is the connection's task: what it
-    /// holds while idle is what an idle connection costs.
+    /// holds while idle is what an idle connection costs. `woken`: its next
+    /// request has arrived (it was parked).
     // An async block rather than an `async fn`, which would keep the
     // connection twice in its future (as passed, and moved into the body):
     // this future is what every idle connection's task holds (see the test).
     #[allow(clippy::manual_async_fn)]
-    fn serve(mut self) -> impl Future<Output = ()> {
+    fn serve(mut self, woken: bool) -> impl Future<Output = ()> {
         async move {
             // Bytes of the next request read ahead with the last one (pipelining).
             let mut read_ahead = BytesMut::new();
             // A new connection is read at once: most clients send their
             // request as they connect, and need no wait (see `ClientSocket`).
-            let mut wait = !self.first;
+            let mut wait = !(self.first || woken);
             loop {
                 if wait && read_ahead.is_empty() {
                     // Idle: the worker's sweep enforces the idle timeout.
@@ -168,9 +168,10 @@ impl Conn {
                             Some(back) => self = back,
                             None => return,
                         }
-                    }
-                    let readable = std::future::poll_fn(|cx| self.client.poll_read_ready(cx)).await;
-                    if readable.is_err() {
+                    } else if std::future::poll_fn(|cx| self.client.poll_read_ready(cx))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -206,40 +207,17 @@ impl Conn {
         }
     }
 
-    /// Leaves the connection to its socket's readiness, with no task: the
-    /// next request's bytes (or the idle sweep's shutdown) wake it into a new
-    /// one. Returns it when a request is already there.
+    /// Leaves the connection in the worker's table of idle ones, with no
+    /// task, until its next request wakes it ([`IdleClients::park`]).
+    /// Returns it when a request is already there.
     fn park(self) -> Option<Self> {
-        let parked = Arc::new(Parked(Mutex::new(Some(self))));
-        let waker = Waker::from(parked.clone());
-        let mut slot = parked.0.lock().unwrap_or_else(|e| e.into_inner());
-        let readiness = slot.as_mut().map(|conn| {
-            conn.client
-                .poll_read_ready(&mut Context::from_waker(&waker))
-        });
-        match readiness {
-            // The runtime holds the waker, and the waker holds the connection.
-            Some(Poll::Pending) => None,
-            _ => slot.take(),
-        }
-    }
-}
-
-/// A parked connection, woken into a task of its own.
-struct Parked(Mutex<Option<Conn>>);
-
-impl Wake for Parked {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
+        let clients = self.idle.clients().clone();
+        clients.park(self)
     }
 
-    fn wake_by_ref(self: &Arc<Self>) {
-        let conn = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
-        // Woken by the worker's I/O driver, within its runtime; a runtime
-        // shutting down just drops the connection.
-        if let (Some(conn), Ok(runtime)) = (conn, tokio::runtime::Handle::try_current()) {
-            runtime.spawn(conn.serve());
-        }
+    /// Serves a parked connection whose next request has arrived.
+    fn resume(self) {
+        tokio::spawn(self.serve(true));
     }
 }
 
@@ -366,7 +344,7 @@ mod tests {
     use super::*;
 
     /// The size of what `f` returns, known from its type alone.
-    fn size_of_output<A, R>(_: impl FnOnce(A) -> R) -> usize {
+    fn size_of_output<A, B, R>(_: impl FnOnce(A, B) -> R) -> usize {
         std::mem::size_of::<R>()
     }
 
