@@ -645,18 +645,32 @@ async fn many_idle_connections_are_parked_and_still_served_and_timed_out() {
     // keep 256 bytes for each.
     let parked = accepted_on(addr);
     assert_eq!(parked.len(), CONNECTIONS);
-    let mut watched = std::collections::BTreeSet::new();
-    for set in epoll_sets() {
-        if set.iter().any(|fd| parked.contains(fd)) {
-            let others: Vec<_> = set.difference(&parked).collect();
-            assert!(
-                others.is_empty(),
-                "parked sockets share a set with {others:?}"
-            );
-            watched.extend(set);
-        }
+    assert_watched_alone(&parked);
+    // One parked before it spoke turns out to speak HTTP/2: it is served,
+    // and its socket leaves the parked ones' set.
+    let h2 = TcpStream::connect(addr).await.unwrap();
+    let deadline = std::time::Instant::now() + ANSWER;
+    while proxy.client_connections() <= CONNECTIONS {
+        assert!(std::time::Instant::now() < deadline, "never accepted");
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    assert_eq!(watched, parked, "parked sockets in no set");
+    settled("a new connection with nothing to read was not parked").await;
+    let (mut h2, h2_conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(h2),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(h2_conn);
+    let h2_get = hyper::Request::get("http://a/")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = tokio::time::timeout(ANSWER, h2.send_request(h2_get))
+        .await
+        .expect("answered in time")
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_watched_alone(&parked);
     // Parked or not, each is closed once idle for the timeout.
     for c in &mut clients {
         closed_within(c, idle + ANSWER).await;
@@ -723,6 +737,23 @@ async fn a_parked_connection_answers_a_request_pipelined_while_it_was_busy() {
     })
     .await
     .expect("both pipelined requests answered");
+}
+
+/// Every epoll set that watches one of `parked` watches only them, and
+/// together they watch them all.
+fn assert_watched_alone(parked: &std::collections::BTreeSet<i32>) {
+    let mut watched = std::collections::BTreeSet::new();
+    for set in epoll_sets() {
+        if set.iter().any(|fd| parked.contains(fd)) {
+            let others: Vec<_> = set.difference(parked).collect();
+            assert!(
+                others.is_empty(),
+                "parked sockets share a set with {others:?}"
+            );
+            watched.extend(set);
+        }
+    }
+    assert_eq!(&watched, parked, "parked sockets in no set");
 }
 
 /// The sockets accepted on `addr` in this process (the proxy's side of its
