@@ -57,7 +57,7 @@ pub struct Timeouts {
 #[derive(Debug)]
 pub(crate) struct Forwarder {
     pub(crate) connections: Arc<Connections>,
-    /// HTTP/1.1 client connections, for the idle timeout.
+    /// HTTP/1.1 client connections, for the idle timeout and parking.
     pub(crate) idle_clients: Arc<IdleClients>,
     pub(crate) timeouts: Timeouts,
     pub(crate) request_ids: RequestIds,
