@@ -410,15 +410,20 @@ mod tests {
         assert!(matches!(socket.state, State::Registered(_)));
     }
 
+    /// Waits until `socket` has input, or fails saying `what` never came.
+    async fn input(socket: &ClientSocket, what: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !socket.has_input() {
+            assert!(std::time::Instant::now() < deadline, "{what} never came");
+            tokio::task::yield_now().await;
+        }
+    }
+
     #[tokio::test]
     async fn a_read_that_fills_its_buffer_may_leave_input_behind() {
         let (mut socket, _, mut peer) = accepted().await;
         peer.write_all(b"0123456789").await.unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !socket.has_input() {
-            assert!(std::time::Instant::now() < deadline, "nothing arrived");
-            tokio::task::yield_now().await;
-        }
+        input(&socket, "the bytes").await;
         let mut four = [0; 4];
         let n = socket.read(&mut four).await.unwrap();
         assert_eq!(n, 4);
@@ -431,14 +436,7 @@ mod tests {
         assert!(!socket.has_input());
         // The end of the stream is input too: it wakes a parked connection.
         drop(peer);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !socket.has_input() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the close never arrived"
-            );
-            tokio::task::yield_now().await;
-        }
+        input(&socket, "the close").await;
     }
 
     #[test]

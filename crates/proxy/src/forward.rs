@@ -54,7 +54,6 @@ pub struct Timeouts {
 
 /// One worker's side of the request path: its connections to targets (HTTP/1.1
 /// toward every target, whatever the client spoke) and its client connections.
-#[derive(Debug)]
 pub(crate) struct Forwarder {
     pub(crate) connections: Arc<Connections>,
     /// HTTP/1.1 client connections, for the idle timeout and parking.

@@ -283,7 +283,21 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let stream = TcpStream::connect(addr).await.unwrap();
+    h2_over(TcpStream::connect(addr).await.unwrap()).await
+}
+
+/// An HTTP/2 connection over a connected `stream`: its sender and driver.
+async fn h2_over<B>(
+    stream: TcpStream,
+) -> (
+    hyper::client::conn::http2::SendRequest<B>,
+    tokio::task::JoinHandle<Result<(), hyper::Error>>,
+)
+where
+    B: hyper::body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let (h2, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
         hyper_util::rt::TokioIo::new(stream),
@@ -291,6 +305,20 @@ where
     .await
     .unwrap();
     (h2, tokio::spawn(conn))
+}
+
+/// A GET of `uri` over `h2`, answered in time.
+async fn h2_get(
+    h2: &mut hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    uri: &str,
+) -> hyper::Response<hyper::body::Incoming> {
+    let req = hyper::Request::get(uri)
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    tokio::time::timeout(ANSWER, h2.send_request(req))
+        .await
+        .expect("answered in time")
+        .unwrap()
 }
 
 /// The idle timeout for HTTP/2: a connection with no stream open is sent a
@@ -506,9 +534,6 @@ async fn http2_clients_reach_http11_targets_over_the_same_pool() {
 
 #[tokio::test]
 async fn an_http2_request_the_target_never_answers_is_a_504_in_time() {
-    use bytes::Bytes;
-    use http_body_util::Empty;
-
     let (target, _) = backend(|mut conn| async move {
         // Reads the request and says nothing, for longer than the timeout.
         let _ = read_request(&mut conn).await;
@@ -519,13 +544,7 @@ async fn an_http2_request_the_target_never_answers_is_a_504_in_time() {
     let (_proxy, addr) = proxy_with(target, timeout, Duration::from_secs(30)).await;
     let mut h2 = h2_client(addr).await;
     let started = std::time::Instant::now();
-    let req = hyper::Request::get("http://app.test/")
-        .body(Empty::<Bytes>::new())
-        .unwrap();
-    let resp = tokio::time::timeout(ANSWER, h2.send_request(req))
-        .await
-        .expect("answered in time")
-        .unwrap();
+    let resp = h2_get(&mut h2, "http://app.test/").await;
     assert_eq!(resp.status(), 504);
     assert!(started.elapsed() >= timeout, "504 before the timeout");
 }
@@ -619,13 +638,8 @@ async fn many_idle_connections_are_parked_and_still_served_and_timed_out() {
     // them, so their first request comes through the parked path; once
     // answered, each is parked again, holding no task (nor a request's
     // buffers).
-    for i in KEPT..CONNECTIONS {
-        let mut c = TcpStream::connect(addr).await.unwrap();
-        let deadline = std::time::Instant::now() + ANSWER;
-        while proxy.client_connections() <= i {
-            assert!(std::time::Instant::now() < deadline, "never accepted");
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+    for _ in KEPT..CONNECTIONS {
+        let mut c = connect_silently(&proxy, addr).await;
         settled("a new connection with nothing to read was not parked").await;
         assert!(exchange(&mut c, get).await.starts_with("HTTP/1.1 200"));
         settled("a connection idle after its first request was not parked").await;
@@ -648,28 +662,10 @@ async fn many_idle_connections_are_parked_and_still_served_and_timed_out() {
     assert_watched_alone(&parked);
     // One parked before it spoke turns out to speak HTTP/2: it is served,
     // and its socket leaves the parked ones' set.
-    let h2 = TcpStream::connect(addr).await.unwrap();
-    let deadline = std::time::Instant::now() + ANSWER;
-    while proxy.client_connections() <= CONNECTIONS {
-        assert!(std::time::Instant::now() < deadline, "never accepted");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    let h2 = connect_silently(&proxy, addr).await;
     settled("a new connection with nothing to read was not parked").await;
-    let (mut h2, h2_conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(h2),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(h2_conn);
-    let h2_get = hyper::Request::get("http://a/")
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .unwrap();
-    let resp = tokio::time::timeout(ANSWER, h2.send_request(h2_get))
-        .await
-        .expect("answered in time")
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    let (mut h2, _driver) = h2_over(h2).await;
+    assert_eq!(h2_get(&mut h2, "http://a/").await.status(), 200);
     assert_watched_alone(&parked);
     // Parked or not, each is closed once idle for the timeout.
     for c in &mut clients {
@@ -737,6 +733,18 @@ async fn a_parked_connection_answers_a_request_pipelined_while_it_was_busy() {
     })
     .await
     .expect("both pipelined requests answered");
+}
+
+/// A connection to `addr` that sends nothing, once `proxy` has accepted it.
+async fn connect_silently(proxy: &Proxy, addr: SocketAddr) -> TcpStream {
+    let before = proxy.client_connections();
+    let client = TcpStream::connect(addr).await.unwrap();
+    let deadline = std::time::Instant::now() + ANSWER;
+    while proxy.client_connections() <= before {
+        assert!(std::time::Instant::now() < deadline, "never accepted");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    client
 }
 
 /// Every epoll set that watches one of `parked` watches only them, and

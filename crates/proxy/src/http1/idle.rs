@@ -30,7 +30,6 @@ use super::Conn;
 
 /// One worker's client connections, since when each has been idle, and the
 /// parked ones.
-#[derive(Debug)]
 pub(crate) struct IdleClients {
     slots: Mutex<Slots>,
     timeout: Duration,
@@ -39,7 +38,7 @@ pub(crate) struct IdleClients {
     epoll: OwnedFd,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Slots {
     entries: Vec<Slot>,
     free: Vec<usize>,
@@ -59,16 +58,6 @@ struct Slot {
     woken: bool,
 }
 
-impl std::fmt::Debug for Slot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Slot")
-            .field("fd", &self.fd)
-            .field("idle_since", &self.idle_since)
-            .field("parked", &self.parked.is_some())
-            .finish_non_exhaustive()
-    }
-}
-
 /// A worker with more client connections than this parks its idle ones:
 /// no task each, at the price of a spawn per request. Below it, idle
 /// connections keep their task, the fastest way.
@@ -78,7 +67,6 @@ const PARK_ABOVE: usize = 256;
 const EVENTS: usize = 256;
 
 /// A connection's slot; released when dropped.
-#[derive(Debug)]
 pub(crate) struct IdleSlot {
     clients: Arc<IdleClients>,
     key: usize,
