@@ -267,27 +267,14 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    h2_connection(addr).await.0
+    h2_connection(TcpStream::connect(addr).await.unwrap())
+        .await
+        .0
 }
 
-/// An HTTP/2 connection: its sender, and its driver, which ends when the
-/// proxy closes the connection.
+/// An HTTP/2 connection over `stream`: its sender, and its driver, which
+/// ends when the proxy closes the connection.
 async fn h2_connection<B>(
-    addr: SocketAddr,
-) -> (
-    hyper::client::conn::http2::SendRequest<B>,
-    tokio::task::JoinHandle<Result<(), hyper::Error>>,
-)
-where
-    B: hyper::body::Body + Unpin + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    h2_over(TcpStream::connect(addr).await.unwrap()).await
-}
-
-/// An HTTP/2 connection over a connected `stream`: its sender and driver.
-async fn h2_over<B>(
     stream: TcpStream,
 ) -> (
     hyper::client::conn::http2::SendRequest<B>,
@@ -350,7 +337,7 @@ async fn idle_http2_clients_are_closed_after_the_idle_timeout_and_busy_ones_are_
             .unwrap()
     };
 
-    let (mut busy, busy_conn) = h2_connection(addr).await;
+    let (mut busy, busy_conn) = h2_connection(TcpStream::connect(addr).await.unwrap()).await;
     let mut slow_sender = busy.clone();
     let slow = tokio::spawn(async move {
         let resp = slow_sender.send_request(get("/slow")).await.unwrap();
@@ -359,7 +346,7 @@ async fn idle_http2_clients_are_closed_after_the_idle_timeout_and_busy_ones_are_
         (status, body)
     });
 
-    let (mut quiet, quiet_conn) = h2_connection(addr).await;
+    let (mut quiet, quiet_conn) = h2_connection(TcpStream::connect(addr).await.unwrap()).await;
     let resp = quiet.send_request(get("/")).await.unwrap();
     assert_eq!(resp.status(), 200);
     let started = std::time::Instant::now();
@@ -664,7 +651,7 @@ async fn many_idle_connections_are_parked_and_still_served_and_timed_out() {
     // and its socket leaves the parked ones' set.
     let h2 = connect_silently(&proxy, addr).await;
     settled("a new connection with nothing to read was not parked").await;
-    let (mut h2, _driver) = h2_over(h2).await;
+    let (mut h2, _driver) = h2_connection(h2).await;
     assert_eq!(h2_get(&mut h2, "http://a/").await.status(), 200);
     assert_watched_alone(&parked);
     // Parked or not, each is closed once idle for the timeout.
