@@ -58,6 +58,16 @@ struct Slot {
     woken: bool,
 }
 
+/// What parking did with a connection.
+pub(crate) enum Parking {
+    /// It waits in its slot, with no task.
+    Parked,
+    /// Its next request is already there: serve it now.
+    Ready(Conn),
+    /// It cannot be parked: it waits in its task, as below `PARK_ABOVE`.
+    Refused(Conn),
+}
+
 /// A worker with more client connections than this parks its idle ones:
 /// no task each, at the price of a spawn per request. Below it, idle
 /// connections keep their task, the fastest way.
@@ -142,30 +152,30 @@ impl IdleClients {
         }
     }
 
-    /// Parks `conn` in its slot until input arrives on its socket. Returns
-    /// it instead when input is already there, or its socket cannot be
-    /// watched: then it is served at once.
-    pub(crate) fn park(&self, mut conn: Conn) -> Option<Conn> {
+    /// Parks `conn` in its slot until input arrives on its socket, unless
+    /// input is already there or its socket cannot be watched.
+    pub(crate) fn park(&self, mut conn: Conn) -> Parking {
         // Whatever tokio keeps for the socket is freed: it waits here now.
+        // A socket lost on the way fails its wait in the task.
         if !conn.client.unregister() {
-            return Some(conn);
+            return Parking::Refused(conn);
         }
         let key = conn.idle.key;
         let mut slots = self.lock();
         let slot = &mut slots.entries[key];
         let unseen = std::mem::take(&mut slot.woken) || !conn.client.drained();
         if unseen && conn.client.has_input() {
-            return Some(conn);
+            return Parking::Ready(conn);
         }
         if !slot.watched {
             if let Err(e) = self.watch(slot.fd, key) {
                 tracing::debug!(error = %e, "cannot park a client connection");
-                return Some(conn);
+                return Parking::Refused(conn);
             }
             slot.watched = true;
         }
         slot.parked = Some(Box::new(conn));
-        None
+        Parking::Parked
     }
 
     /// Adds a socket to the epoll set, for as long as it is open.

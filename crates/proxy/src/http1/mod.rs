@@ -39,7 +39,7 @@ pub(crate) use head::{
     is_idempotent, is_set_by_proxy, parse_response_parts, Framing, ResponseParts, ResponseSink,
 };
 pub(crate) use idle::IdleClients;
-use idle::IdleSlot;
+use idle::{IdleSlot, Parking};
 
 use crate::client_socket::ClientSocket;
 use crate::forward::{Forwarder, Routing};
@@ -163,14 +163,18 @@ impl Conn {
             loop {
                 if wait && read_ahead.is_empty() {
                     // Idle: the worker's sweep enforces the idle timeout.
+                    let mut wait_here = true;
                     if self.idle.idle() {
-                        match self.park() {
-                            Some(back) => self = back,
-                            None => return,
-                        }
-                    } else if std::future::poll_fn(|cx| self.client.poll_read_ready(cx))
-                        .await
-                        .is_err()
+                        (self, wait_here) = match self.park() {
+                            Parking::Parked => return,
+                            Parking::Ready(back) => (back, false),
+                            Parking::Refused(back) => (back, true),
+                        };
+                    }
+                    if wait_here
+                        && std::future::poll_fn(|cx| self.client.poll_read_ready(cx))
+                            .await
+                            .is_err()
                     {
                         return;
                     }
@@ -209,8 +213,7 @@ impl Conn {
 
     /// Leaves the connection in the worker's table of idle ones, with no
     /// task, until its next request wakes it ([`IdleClients::park`]).
-    /// Returns it when a request is already there.
-    fn park(self) -> Option<Self> {
+    fn park(self) -> Parking {
         let clients = self.idle.clients().clone();
         clients.park(self)
     }
