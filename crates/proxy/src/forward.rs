@@ -18,6 +18,7 @@ use crate::forwarded::RequestIds;
 use crate::http1::{Connections, IdleClients, Upstream};
 use crate::router::{pick_from, NoRoute, Picked, Router};
 use crate::target::{InFlight, Pool};
+use crate::tunnel::Tunnels;
 
 /// Targets tried per request: the first, and others while nothing was sent.
 const ATTEMPTS: usize = 3;
@@ -62,6 +63,8 @@ pub(crate) struct Forwarder {
     pub(crate) request_ids: RequestIds,
     /// Client connections open on this worker, for metrics.
     pub(crate) open_clients: Arc<AtomicUsize>,
+    /// Upgraded connections (WebSockets), relayed outside tokio's driver.
+    pub(crate) tunnels: Arc<Tunnels>,
 }
 
 /// Why a request got no (complete) response.
@@ -220,14 +223,16 @@ impl Forwarder {
             timeouts,
             request_ids: RequestIds::new(),
             open_clients: Arc::default(),
+            tunnels: Arc::new(Tunnels::new()?),
         })
     }
 
-    /// Keeps the pool and the idle clients tidy, and wakes parked clients;
-    /// runs on the runtime that uses them.
+    /// Keeps the pool and the idle clients tidy, wakes parked clients and
+    /// relays tunnels; runs on the runtime that uses them.
     pub(crate) fn spawn_sweeps(&self) {
         tokio::spawn(self.connections.clone().sweep());
         tokio::spawn(self.idle_clients.clone().sweep());
         tokio::spawn(self.idle_clients.clone().wake_parked());
+        tokio::spawn(self.tunnels.clone().relay_ready());
     }
 }

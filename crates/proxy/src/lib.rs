@@ -17,6 +17,7 @@ mod ask;
 mod canary;
 mod client_socket;
 pub mod drain;
+mod epoll;
 mod forward;
 mod forwarded;
 pub mod health_check;

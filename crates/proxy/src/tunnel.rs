@@ -1,6 +1,14 @@
 //! Relays an upgraded connection (WebSocket or any other `Upgrade`) between
 //! client and target, and closes it properly when a drain runs out of time.
 //!
+//! Why outside tokio's scheduler: a relay does little per message, one read
+//! and one write, so what drives it weighs as much as the copy. A tunnel's
+//! two sockets wait in the worker's own epoll set ([`Tunnels`]), and one
+//! task per worker relays, in a batch, for every tunnel with a socket ready:
+//! no task woken per message, no readiness kept in tokio's driver, no drain
+//! token looked at. The connection's own task sleeps until its tunnel ends
+//! or the drain runs out of time.
+//!
 //! Draining never cuts a tunnel: it lives until either side closes it. Only
 //! when the drain timeout passes does the pool's `closing` token fire; then a
 //! WebSocket gets a close frame (1001, going away) on both sides, sent between
@@ -8,13 +16,18 @@
 
 use std::future::{poll_fn, Future};
 use std::io;
-use std::pin::{pin, Pin};
-use std::task::{ready, Context, Poll};
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::client_socket::ClientSocket;
+use crate::epoll::{self, Epoll, EpollOwner};
 use crate::ws_frames::{close_frame_to_client, close_frame_to_server, FrameTracker};
 
 /// Longest wait for a frame in progress to end, and for the peers to answer a close.
@@ -35,47 +48,254 @@ impl<'a, S> Side<'a, S> {
 }
 
 /// Relays until both sides are done, or until `closing` fires (the pool's
-/// drain timed out).
-pub(crate) async fn relay<C, U>(
-    client: Side<'_, C>,
-    upstream: Side<'_, U>,
+/// drain timed out). The client's socket stays the caller's, to close.
+pub(crate) async fn relay(
+    tunnels: &Tunnels,
+    client: Side<'_, &mut ClientSocket>,
+    upstream: Side<'_, TcpStream>,
     closing: &CancellationToken,
     websocket: bool,
-) where
-    C: AsyncRead + AsyncWrite + Unpin,
-    U: AsyncRead + AsyncWrite + Unpin,
-{
-    let mut up = Pump::new(client.pending);
-    let mut down = Pump::new(upstream.pending);
-    let (mut client, mut upstream) = (client.io, upstream.io);
-    // One waiter for the whole relay, not a new one per read.
+) {
+    // Both sockets leave tokio's driver: they wait in the tunnels' set.
+    let Ok(upstream_io) = upstream.io.into_std() else {
+        return;
+    };
+    let client_io = client.io;
+    if !client_io.unregister() {
+        return;
+    }
+    let relay = Relay {
+        client: Socket::new(client_io.as_raw_fd()),
+        upstream: Socket::new(upstream_io.as_raw_fd()),
+        up: Pump::new(client.pending),
+        down: Pump::new(upstream.pending),
+        ended: None,
+        waiter: None,
+    };
+    // Declared after the sockets, so it leaves the set before they close.
+    let open = match tunnels.open(relay) {
+        Ok(open) => open,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot relay an upgraded connection");
+            return;
+        }
+    };
     let mut closing = pin!(closing.cancelled());
-    // Both directions are polled each time the task wakes, so one that
-    // cannot write (its reader is slow) never stops the other.
-    let ended = poll_fn(|cx| {
-        if closing.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(End::Closing);
-        }
-        let up_done = match up.poll(cx, &mut client, &mut upstream) {
-            Poll::Ready(Err(_)) => return Poll::Ready(End::Failed),
-            p => p.is_ready(),
-        };
-        let down_done = match down.poll(cx, &mut upstream, &mut client) {
-            Poll::Ready(Err(_)) => return Poll::Ready(End::Failed),
-            p => p.is_ready(),
-        };
-        if up_done && down_done {
-            Poll::Ready(End::Done)
-        } else {
-            Poll::Pending
-        }
+    let end = poll_fn(|cx| match open.poll_end(cx) {
+        Poll::Pending => closing.as_mut().poll(cx).map(|()| End::Closing),
+        ended => ended,
     })
     .await;
-    if let End::Closing = ended {
+    if end == End::Closing {
+        if let Some(relay) = open.leave() {
+            relay.close(client_io, upstream_io, websocket).await;
+        }
+    }
+}
+
+/// A worker's tunnels, relayed by one task as their sockets get ready.
+pub(crate) struct Tunnels {
+    /// Both sockets of each tunnel, keyed by its place in `open` and side.
+    epoll: Epoll,
+    open: Mutex<Slab>,
+}
+
+#[derive(Default)]
+struct Slab {
+    relays: Vec<Option<Relay>>,
+    free: Vec<usize>,
+}
+
+/// An event's key: the tunnel's place, and which of its sockets.
+const CLIENT: u64 = 0;
+const UPSTREAM: u64 = 1;
+
+fn event_key(key: usize, side: u64) -> u64 {
+    (key as u64) << 1 | side
+}
+
+impl Tunnels {
+    pub(crate) fn new() -> io::Result<Self> {
+        Ok(Self {
+            epoll: Epoll::new()?,
+            open: Mutex::default(),
+        })
+    }
+
+    /// Relays for every tunnel whose sockets are ready; runs on the worker's
+    /// runtime for as long as it lives.
+    pub(crate) fn relay_ready(self: Arc<Self>) -> impl Future<Output = ()> {
+        epoll::serve(self, |tunnels, events| tunnels.on_events(events))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Slab> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Puts a relay's sockets in the set. Adding them reports what is ready
+    /// already, so the first relaying (of the bytes pending) follows at once.
+    fn open(&self, relay: Relay) -> io::Result<Open<'_>> {
+        let (client, upstream) = (relay.client.fd, relay.upstream.fd);
+        let open = Open {
+            tunnels: self,
+            key: self.lock().insert(relay),
+        };
+        // On failure, dropping `open` takes the relay out again.
+        let interest = libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP;
+        self.epoll
+            .add(client, interest, event_key(open.key, CLIENT))?;
+        self.epoll
+            .add(upstream, interest, event_key(open.key, UPSTREAM))?;
+        Ok(open)
+    }
+
+    fn on_events(&self, events: &[libc::epoll_event]) {
+        let mut slab = self.lock();
+        for event in events {
+            let key = usize::try_from(event.u64 >> 1).unwrap_or(usize::MAX);
+            if let Some(Some(relay)) = slab.relays.get_mut(key) {
+                relay.ready(event.u64 & 1, event.events);
+            }
+        }
+    }
+
+    /// Takes the relay at `key` out, and its sockets out of the set.
+    fn take(&self, key: usize) -> Option<Relay> {
+        let mut slab = self.lock();
+        let relay = slab.relays.get_mut(key)?.take()?;
+        slab.free.push(key);
+        self.epoll.remove(relay.client.fd);
+        self.epoll.remove(relay.upstream.fd);
+        Some(relay)
+    }
+}
+
+impl EpollOwner for Tunnels {
+    fn epoll(&self) -> &Epoll {
+        &self.epoll
+    }
+}
+
+impl Slab {
+    fn insert(&mut self, relay: Relay) -> usize {
+        match self.free.pop() {
+            Some(key) => {
+                self.relays[key] = Some(relay);
+                key
+            }
+            None => {
+                self.relays.push(Some(relay));
+                self.relays.len() - 1
+            }
+        }
+    }
+}
+
+/// A relay in the set, for as long as its connection's task holds this.
+struct Open<'a> {
+    tunnels: &'a Tunnels,
+    key: usize,
+}
+
+impl Open<'_> {
+    /// How the relay ended, once it has; until then the task is woken
+    /// when it does.
+    fn poll_end(&self, cx: &mut Context<'_>) -> Poll<End> {
+        let mut slab = self.tunnels.lock();
+        let Some(Some(relay)) = slab.relays.get_mut(self.key) else {
+            return Poll::Ready(End::Failed);
+        };
+        if let Some(end) = relay.ended {
+            return Poll::Ready(end);
+        }
+        if !relay
+            .waiter
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            relay.waiter = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// Takes the relay out of the set, to finish it in the task.
+    fn leave(self) -> Option<Relay> {
+        self.tunnels.take(self.key)
+    }
+}
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        drop(self.tunnels.take(self.key));
+    }
+}
+
+/// How a relay ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// Both sides closed their half.
+    Done,
+    /// A read or write failed; closing the connections is all that is left.
+    Failed,
+    /// The drain ran out of time.
+    Closing,
+}
+
+/// A tunnel's state between its sockets' events.
+struct Relay {
+    client: Socket,
+    upstream: Socket,
+    /// Client to target, and target to client.
+    up: Pump,
+    down: Pump,
+    /// Set once relaying is over.
+    ended: Option<End>,
+    /// The connection's task, woken when relaying is over.
+    waiter: Option<Waker>,
+}
+
+impl Relay {
+    /// `events` came for one of the sockets: relays what can go now.
+    fn ready(&mut self, side: u64, events: u32) {
+        if self.ended.is_some() {
+            return;
+        }
+        let socket = if side == CLIENT {
+            &mut self.client
+        } else {
+            &mut self.upstream
+        };
+        socket.note(events);
+        // Both directions each time, so one that cannot write (its reader
+        // is slow) never stops the other.
+        let up = self.up.relay(&mut self.client, &mut self.upstream);
+        let down = self.down.relay(&mut self.upstream, &mut self.client);
+        self.ended = match (up, down) {
+            (Err(_), _) | (_, Err(_)) => Some(End::Failed),
+            (Ok(true), Ok(true)) => Some(End::Done),
+            _ => return,
+        };
+        if let Some(waiter) = self.waiter.take() {
+            waiter.wake();
+        }
+    }
+
+    /// Back in the task's hands after `closing` fired: closes a WebSocket
+    /// with close frames, then shuts both sockets down.
+    async fn close(
+        mut self,
+        client: &mut ClientSocket,
+        upstream: std::net::TcpStream,
+        websocket: bool,
+    ) {
+        let (Ok(client), Ok(mut upstream)) = (client.registered(), TcpStream::from_std(upstream))
+        else {
+            return;
+        };
         if websocket {
             let _ = tokio::time::timeout(
                 CLOSE_GRACE,
-                close_websocket(&mut client, &mut upstream, &mut up, &mut down),
+                close_websocket(client, &mut upstream, &mut self.up, &mut self.down),
             )
             .await;
         }
@@ -84,14 +304,97 @@ pub(crate) async fn relay<C, U>(
     }
 }
 
-/// How a relay ended.
-enum End {
-    /// Both sides closed their half.
-    Done,
-    /// A read or write failed; dropping the connections closes them.
-    Failed,
-    /// The drain ran out of time.
-    Closing,
+/// One of a tunnel's sockets, and what its last events and calls said of it.
+/// Both start false: adding to the set reports what is ready.
+struct Socket {
+    fd: RawFd,
+    readable: bool,
+    writable: bool,
+    /// The peer closed its half (or the connection broke): reads go on to
+    /// the end, as no further edge will say it is there.
+    hung_up: bool,
+}
+
+impl Socket {
+    fn new(fd: RawFd) -> Self {
+        Self {
+            fd,
+            readable: false,
+            writable: false,
+            hung_up: false,
+        }
+    }
+
+    fn note(&mut self, events: u32) {
+        let events = events as libc::c_int;
+        if events & (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) != 0 {
+            self.hung_up = true;
+        }
+        if events & libc::EPOLLIN != 0 || self.hung_up {
+            self.readable = true;
+        }
+        if events & (libc::EPOLLOUT | libc::EPOLLHUP | libc::EPOLLERR) != 0 {
+            self.writable = true;
+        }
+    }
+
+    /// Reads into `buf`; `None` when nothing is there.
+    fn recv(&mut self, buf: &mut [u8]) -> io::Result<Option<usize>> {
+        // SAFETY: recv writes at most `buf.len()` bytes into `buf`.
+        let n =
+            nonblocking(|| unsafe { libc::recv(self.fd, buf.as_mut_ptr().cast(), buf.len(), 0) })?;
+        // Empty, or emptied by a short read: the next arrival brings an edge.
+        if n.is_none_or(|n| n > 0 && n < buf.len() && !self.hung_up) {
+            self.readable = false;
+        }
+        Ok(n)
+    }
+
+    /// Writes from `data`; `None` when there is no room.
+    fn send(&mut self, data: &[u8]) -> io::Result<Option<usize>> {
+        // SAFETY: send reads at most `data.len()` bytes of `data`.
+        let n = nonblocking(|| unsafe {
+            libc::send(
+                self.fd,
+                data.as_ptr().cast(),
+                data.len(),
+                libc::MSG_NOSIGNAL,
+            )
+        })?;
+        if n == Some(0) {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        // Full, or filled by a short write: room brings an edge.
+        if n.is_none_or(|n| n < data.len()) {
+            self.writable = false;
+        }
+        Ok(n)
+    }
+
+    /// Passes the end of the other direction on: a half-close.
+    fn shut_write(&self) -> io::Result<()> {
+        // SAFETY: plain system call on an open socket.
+        if unsafe { libc::shutdown(self.fd, libc::SHUT_WR) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+/// A non-blocking call's byte count, `None` when it would block; retried
+/// when a signal interrupts it.
+fn nonblocking(mut call: impl FnMut() -> isize) -> io::Result<Option<usize>> {
+    loop {
+        if let Ok(n) = usize::try_from(call()) {
+            return Ok(Some(n));
+        }
+        let e = io::Error::last_os_error();
+        match e.kind() {
+            io::ErrorKind::Interrupted => {}
+            io::ErrorKind::WouldBlock => return Ok(None),
+            _ => return Err(e),
+        }
+    }
 }
 
 /// One direction of the relay: reads from one side into its buffer and
@@ -125,31 +428,31 @@ impl Pump {
         }
     }
 
-    /// Moves bytes until neither side can go on; ready once the reading
+    /// Moves bytes until neither side can go on; true once the reading
     /// side's EOF has been passed on as a half-close.
-    fn poll<R, W>(&mut self, cx: &mut Context<'_>, from: &mut R, to: &mut W) -> Poll<io::Result<()>>
-    where
-        R: AsyncRead + Unpin,
-        W: AsyncWrite + Unpin,
-    {
+    fn relay(&mut self, from: &mut Socket, to: &mut Socket) -> io::Result<bool> {
         loop {
             if self.done {
-                return Poll::Ready(Ok(()));
+                return Ok(true);
             }
             if self.written < self.read {
-                let chunk = &self.buf[self.written..self.read];
-                let n = ready!(Pin::new(&mut *to).poll_write(cx, chunk))?;
-                if n == 0 {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                if !to.writable {
+                    return Ok(false);
                 }
-                self.written += n;
+                match to.send(&self.buf[self.written..self.read])? {
+                    Some(n) => self.written += n,
+                    None => return Ok(false),
+                }
             } else if self.eof {
-                ready!(Pin::new(&mut *to).poll_shutdown(cx))?;
+                to.shut_write()?;
                 self.done = true;
             } else {
-                let mut read = ReadBuf::new(&mut self.buf);
-                ready!(Pin::new(&mut *from).poll_read(cx, &mut read))?;
-                let n = read.filled().len();
+                if !from.readable {
+                    return Ok(false);
+                }
+                let Some(n) = from.recv(&mut self.buf)? else {
+                    return Ok(false);
+                };
                 self.frames.advance(&self.buf[..n], false);
                 (self.written, self.read, self.eof) = (0, n, n == 0);
             }
@@ -222,7 +525,8 @@ fn mask() -> [u8; 4] {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::net::{TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::net::TcpListener;
 
     /// Both ends of a loopback TCP connection.
     async fn connected() -> (TcpStream, TcpStream) {
@@ -232,19 +536,135 @@ mod tests {
         (far.unwrap(), near.unwrap().0)
     }
 
+    /// A client and the proxy's side of its connection, as a listener
+    /// accepts it.
+    async fn client_connection() -> (TcpStream, ClientSocket) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = crate::client_socket::accept(&listener).unwrap();
+        (client, accepted)
+    }
+
+    /// A worker's tunnels, relayed on this runtime.
+    fn tunnels() -> Arc<Tunnels> {
+        let tunnels = Arc::new(Tunnels::new().unwrap());
+        tokio::spawn(tunnels.clone().relay_ready());
+        tunnels
+    }
+
+    fn relays_open(tunnels: &Tunnels) -> usize {
+        tunnels.lock().relays.iter().flatten().count()
+    }
+
+    /// Runs a tunnel between the two in a task of its own, counting how
+    /// often that task is polled.
+    fn spawn_relay(
+        tunnels: &Arc<Tunnels>,
+        mut client: ClientSocket,
+        pending: &'static [u8],
+        target: TcpStream,
+        closing: CancellationToken,
+    ) -> (tokio::task::JoinHandle<()>, Arc<AtomicUsize>) {
+        let polls = Arc::new(AtomicUsize::new(0));
+        let (tunnels, counted) = (tunnels.clone(), polls.clone());
+        let task = tokio::spawn(async move {
+            let sides = (Side::new(&mut client, pending), Side::new(target, b""));
+            let mut relay = pin!(relay(&tunnels, sides.0, sides.1, &closing, false));
+            poll_fn(|cx| {
+                counted.fetch_add(1, Ordering::Relaxed);
+                relay.as_mut().poll(cx)
+            })
+            .await
+        });
+        (task, polls)
+    }
+
+    #[tokio::test]
+    async fn a_tunnel_relays_without_waking_its_task() {
+        const ROUND_TRIPS: usize = 1000;
+        let tunnels = tunnels();
+        let (mut client, client_side) = client_connection().await;
+        let (target_side, mut target) = connected().await;
+        let closing = CancellationToken::new();
+        let (relay, polls) = spawn_relay(&tunnels, client_side, b"hi", target_side, closing);
+        // The target echoes until the client is done, then is done too.
+        let echo = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 64];
+            loop {
+                let n = target.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+                target.write_all(&buf[..n]).await?;
+            }
+            target.shutdown().await?;
+            io::Result::Ok(got)
+        });
+        let mut back = [0u8; 2];
+        client.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, b"hi", "the bytes read with the upgrade go first");
+        for i in 0..ROUND_TRIPS {
+            client.write_all(&[i as u8]).await.unwrap();
+            let mut byte = [0u8];
+            client.read_exact(&mut byte).await.unwrap();
+            assert_eq!(byte[0], i as u8);
+        }
+        client.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "the target's half-close came through");
+        let got = echo.await.unwrap().unwrap();
+        assert_eq!(got.len(), 2 + ROUND_TRIPS);
+        tokio::time::timeout(Duration::from_secs(10), relay)
+            .await
+            .expect("the tunnel did not end when both sides had")
+            .unwrap();
+        // Polled as it opened and as it ended: not once per message.
+        let polls = polls.load(Ordering::Relaxed);
+        assert!(polls <= 4, "the tunnel's task was polled {polls} times");
+        assert_eq!(relays_open(&tunnels), 0, "the relay left the set");
+    }
+
+    #[tokio::test]
+    async fn a_tunnel_is_shut_down_when_its_drain_runs_out_of_time() {
+        let tunnels = tunnels();
+        let (mut client, client_side) = client_connection().await;
+        let (target_side, mut target) = connected().await;
+        let closing = CancellationToken::new();
+        let (relay, _) = spawn_relay(&tunnels, client_side, b"", target_side, closing.clone());
+        client.write_all(b"ping").await.unwrap();
+        let mut got = [0u8; 4];
+        target.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"ping");
+        closing.cancel();
+        let ends = async {
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            let (from_client, from_target) =
+                tokio::join!(client.read_to_end(&mut a), target.read_to_end(&mut b));
+            (from_client.map(|_| a), from_target.map(|_| b))
+        };
+        let (client_got, target_got) = tokio::time::timeout(Duration::from_secs(10), ends)
+            .await
+            .expect("the tunnel was not shut down");
+        assert!(client_got.unwrap().is_empty());
+        assert!(target_got.unwrap().is_empty());
+        relay.await.unwrap();
+        assert_eq!(relays_open(&tunnels), 0, "the relay left the set");
+    }
+
     #[tokio::test]
     async fn a_direction_that_cannot_write_does_not_stop_the_other() {
         // More than loopback's socket buffers hold on the way, both ways.
         const SIZE: usize = 64 << 20;
-        let (client, client_side) = connected().await;
+        let tunnels = tunnels();
+        let (client, client_side) = client_connection().await;
         let (target_side, target) = connected().await;
         let closing = CancellationToken::new();
-        let relay = relay(
-            Side::new(client_side, b""),
-            Side::new(target_side, b""),
-            &closing,
-            false,
-        );
+        let (relay, _) = spawn_relay(&tunnels, client_side, b"", target_side, closing);
         // The target sends all it has before it reads anything: a relay that
         // waits for one direction's write before reading the other stalls.
         let target = async move {
@@ -267,10 +687,11 @@ mod tests {
             received
         };
         let everything = async { tokio::join!(relay, target, client) };
-        let ((), target_got, client_got) =
+        let (relayed, target_got, client_got) =
             tokio::time::timeout(Duration::from_secs(60), everything)
                 .await
                 .expect("the relay stalled");
+        relayed.unwrap();
         assert_eq!(target_got.unwrap(), SIZE);
         assert_eq!(client_got.unwrap(), SIZE);
     }

@@ -7,6 +7,7 @@
 //! idempotent and whole in hand. Anything else becomes a 502, or a 504 when
 //! the target took longer than the response timeout.
 
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
@@ -232,14 +233,16 @@ impl Exchange<'_> {
         if self.client.write_all(&self.bufs.out).await.is_err() {
             return After::Close;
         }
-        let Ok(client) = self.client.registered() else {
-            return After::Close;
-        };
+        // A connection parked before its upgrade leaves the parking set: its
+        // socket's events are the tunnel's now.
+        let idle_clients = &self.forwarder.idle_clients;
+        idle_clients.forget(self.client.as_raw_fd());
         let hold = hold.upgraded();
-        // Boxed: the relay's state (2.7 KiB) would otherwise be part of every
-        // request's future, held by each request in flight.
+        // Boxed: the tunnel's closing state (2 KiB of buffers) would otherwise
+        // be part of every request's future, held by each request in flight.
         Box::pin(tunnel::relay(
-            tunnel::Side::new(client, &self.bufs.client),
+            &self.forwarder.tunnels,
+            tunnel::Side::new(self.client, &self.bufs.client),
             tunnel::Side::new(upstream.stream, &self.bufs.upstream),
             hold.closing(),
             self.req.websocket,

@@ -19,14 +19,12 @@
 
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::io::unix::AsyncFd;
-use tokio::io::Interest;
-
 use super::Conn;
+use crate::epoll::{self, Epoll, EpollOwner};
 
 /// One worker's client connections, since when each has been idle, and the
 /// parked ones.
@@ -35,7 +33,7 @@ pub(crate) struct IdleClients {
     timeout: Duration,
     /// The parked connections' sockets, each registered once (on its first
     /// parking) for as long as it speaks HTTP/1.1.
-    epoll: OwnedFd,
+    epoll: Epoll,
 }
 
 #[derive(Default)]
@@ -73,9 +71,6 @@ pub(crate) enum Parking {
 /// connections keep their task, the fastest way.
 const PARK_ABOVE: usize = 256;
 
-/// Readiness events taken from the epoll set per call.
-const EVENTS: usize = 256;
-
 /// A connection's slot; released when dropped.
 pub(crate) struct IdleSlot {
     clients: Arc<IdleClients>,
@@ -84,16 +79,10 @@ pub(crate) struct IdleSlot {
 
 impl IdleClients {
     pub(crate) fn new(timeout: Duration) -> io::Result<Self> {
-        // SAFETY: plain system call; the descriptor is checked below.
-        let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if epoll < 0 {
-            return Err(io::Error::last_os_error());
-        }
         Ok(Self {
             slots: Mutex::new(Slots::default()),
             timeout,
-            // SAFETY: a new descriptor that nothing else owns.
-            epoll: unsafe { OwnedFd::from_raw_fd(epoll) },
+            epoll: Epoll::new()?,
         })
     }
 
@@ -168,7 +157,9 @@ impl IdleClients {
             return Parking::Ready(conn);
         }
         if !slot.watched {
-            if let Err(e) = self.watch(slot.fd, key) {
+            // Watched for as long as it is open: an edge comes with each arrival.
+            let interest = libc::EPOLLIN | libc::EPOLLRDHUP;
+            if let Err(e) = self.epoll.add(slot.fd, interest, key as u64) {
                 tracing::debug!(error = %e, "cannot park a client connection");
                 return Parking::Refused(conn);
             }
@@ -178,85 +169,25 @@ impl IdleClients {
         Parking::Parked
     }
 
-    /// Adds a socket to the epoll set, for as long as it is open.
-    /// Edge-triggered: an edge comes with each arrival; adding reports
-    /// input already there, so none is missed in between.
-    fn watch(&self, fd: RawFd, key: usize) -> io::Result<()> {
-        let mut event = libc::epoll_event {
-            events: (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLET) as u32,
-            u64: key as u64,
-        };
-        // SAFETY: both descriptors are open; `event` is valid for the call.
-        let added =
-            unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) };
-        if added < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
     /// Wakes parked connections as their input arrives, each into a task of
     /// its own; runs on the worker's runtime for as long as it lives. The
     /// connections still parked when it stops are closed.
     pub(crate) fn wake_parked(self: Arc<Self>) -> impl Future<Output = ()> {
-        // Made before the future, so that dropping the future unparks even
-        // if it was never polled (see `Lot`).
-        let lot = Lot(self);
-        async move {
-            // SAFETY: the lot holds the table, which holds the set open.
-            let registered = unsafe { AsyncFd::register_with_interest(lot, Interest::READABLE) };
-            let epoll = match registered {
-                Ok(epoll) => epoll,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot wait for parked connections");
-                    return;
-                }
-            };
-            let clients = &epoll.get_ref().0;
-            let mut events = [libc::epoll_event { events: 0, u64: 0 }; EVENTS];
-            let mut woken = Vec::new();
-            loop {
-                let Ok(mut ready) = epoll.readable().await else {
-                    return;
-                };
-                // Emptied before waiting again: the set is edge-triggered in
-                // the driver's, so what is left in it would wake nobody.
-                loop {
-                    let n = clients.wait(&mut events);
-                    clients.unpark(&events[..n], &mut woken);
-                    for conn in woken.drain(..) {
-                        conn.resume();
-                    }
-                    if n < EVENTS {
-                        break;
-                    }
-                }
-                ready.clear_ready();
+        let mut woken = Vec::new();
+        // The lot goes into the future at once, so that dropping the future
+        // unparks even if it was never polled (see `Lot`).
+        epoll::serve(Lot(self), move |lot, events| {
+            lot.0.unpark(events, &mut woken);
+            for conn in woken.drain(..) {
+                conn.resume();
             }
-        }
+        })
     }
 
-    /// Takes the events ready on the epoll set, without waiting.
-    fn wait(&self, events: &mut [libc::epoll_event]) -> usize {
-        loop {
-            // SAFETY: the set is open; the kernel writes at most `len` events.
-            let n = unsafe {
-                libc::epoll_wait(
-                    self.epoll.as_raw_fd(),
-                    events.as_mut_ptr(),
-                    events.len() as libc::c_int,
-                    0,
-                )
-            };
-            if let Ok(n) = usize::try_from(n) {
-                return n;
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                tracing::error!(error = %e, "waiting for parked connections");
-                return 0;
-            }
-        }
+    /// Takes a connection's socket out of the parking set for good: it has
+    /// become a tunnel, whose events are the tunnel's.
+    pub(crate) fn forget(&self, fd: RawFd) {
+        self.epoll.remove(fd);
     }
 
     /// The connections `events` are for, out of their slots; a connection
@@ -283,9 +214,9 @@ impl IdleClients {
 /// closes, what is still parked when the task goes.
 struct Lot(Arc<IdleClients>);
 
-impl AsRawFd for Lot {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0.epoll.as_raw_fd()
+impl EpollOwner for Lot {
+    fn epoll(&self) -> &Epoll {
+        &self.0.epoll
     }
 }
 
@@ -329,15 +260,8 @@ impl Drop for IdleSlot {
         let slot = &mut slots.entries[self.key];
         if slot.watched {
             // The socket may live on (as HTTP/2): its events are not ours.
-            // SAFETY: the socket is still open (it closes after its slot).
-            unsafe {
-                libc::epoll_ctl(
-                    self.clients.epoll.as_raw_fd(),
-                    libc::EPOLL_CTL_DEL,
-                    slot.fd,
-                    std::ptr::null_mut(),
-                )
-            };
+            // It is still open: it closes after its slot.
+            self.clients.epoll.remove(slot.fd);
         }
         slot.idle_since = None;
         slot.watched = false;
