@@ -11,7 +11,8 @@
 //! - `server`: listeners, and `client_socket` the sockets they accept.
 //!   `http1` is the request path (HTTP/1.1 from client to target), `http2`
 //!   puts HTTP/2 clients on it, `forward` holds what both share, `tunnel`
-//!   relays upgraded connections.
+//!   relays upgraded connections. `epoll` is the workers' own epoll sets,
+//!   where parked connections and tunnels wait outside tokio's driver.
 
 mod ask;
 mod canary;
