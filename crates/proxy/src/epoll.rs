@@ -111,9 +111,11 @@ impl<O: EpollOwner> AsRawFd for Watched<O> {
 /// Hands the events of `owner`'s set to `handle`, a batch at a time, as
 /// they come; runs on the worker's runtime for as long as it lives, and
 /// drops `owner` when it stops (or, if never polled, when it is dropped).
+/// `handle` returns true when it has work left over: it is called again
+/// (with the events come since) once the worker's other tasks have run.
 pub(crate) async fn serve<O: EpollOwner>(
     owner: O,
-    mut handle: impl FnMut(&O, &[libc::epoll_event]),
+    mut handle: impl FnMut(&O, &[libc::epoll_event]) -> bool,
 ) {
     // SAFETY: `owner` keeps the set open for as long as it is registered.
     let registered = unsafe { AsyncFd::register_with_interest(Watched(owner), Interest::READABLE) };
@@ -130,15 +132,18 @@ pub(crate) async fn serve<O: EpollOwner>(
         let Ok(mut ready) = set.readable().await else {
             return;
         };
-        // Emptied before waiting again: the set is edge-triggered in the
-        // driver's, so what is left in it would wake nobody.
+        // Cleared first and then emptied: the set is edge-triggered in the
+        // driver's, so what is left in it would wake nobody, and what comes
+        // after the clearing sets it again.
+        ready.clear_ready();
         loop {
             let n = owner.epoll().ready(&mut events);
-            handle(owner, &events[..n]);
-            if n < EVENTS {
+            let more = handle(owner, &events[..n]);
+            if more {
+                tokio::task::yield_now().await;
+            } else if n < EVENTS {
                 break;
             }
         }
-        ready.clear_ready();
     }
 }

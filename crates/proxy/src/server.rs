@@ -98,7 +98,7 @@ async fn accept(listener: &AsyncFd<TcpListener>) -> io::Result<(ClientSocket, So
 /// connection accepted from it, which spares a system call per connection;
 /// elsewhere (false) each connection sets it itself.
 fn nodelay_for_accepted(listener: &TcpListener) -> bool {
-    cfg!(target_os = "linux") && set_tcp_option(listener, libc::TCP_NODELAY, 1)
+    cfg!(target_os = "linux") && set_option(listener, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)
 }
 
 /// Asks Linux to hand over connections accepted from `listener` only once
@@ -114,7 +114,7 @@ fn nodelay_for_accepted(listener: &TcpListener) -> bool {
 /// connections are accepted at once.
 pub fn defer_accept(listener: &TcpListener) -> bool {
     #[cfg(target_os = "linux")]
-    return set_tcp_option(listener, libc::TCP_DEFER_ACCEPT, 1);
+    return set_option(listener, libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, 1);
     #[cfg(not(target_os = "linux"))]
     {
         let _ = listener;
@@ -122,14 +122,19 @@ pub fn defer_accept(listener: &TcpListener) -> bool {
     }
 }
 
-/// One integer TCP option of the listening socket; false if refused.
-fn set_tcp_option(listener: &TcpListener, option: libc::c_int, value: libc::c_int) -> bool {
-    // SAFETY: a valid descriptor (the listener is borrowed for the call)
+/// One integer option of a socket; false if refused.
+pub(crate) fn set_option(
+    socket: &impl AsRawFd,
+    level: libc::c_int,
+    option: libc::c_int,
+    value: libc::c_int,
+) -> bool {
+    // SAFETY: a valid descriptor (the socket is borrowed for the call)
     // and an option value of the size given.
     let set = unsafe {
         libc::setsockopt(
-            listener.as_raw_fd(),
-            libc::IPPROTO_TCP,
+            socket.as_raw_fd(),
+            level,
             option,
             (&value as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,

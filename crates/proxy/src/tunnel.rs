@@ -33,6 +33,10 @@ use crate::ws_frames::{close_frame_to_client, close_frame_to_server, FrameTracke
 /// Longest wait for a frame in progress to end, and for the peers to answer a close.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 const BUF: usize = 16 * 1024;
+/// Reads per direction before a tunnel lets the worker's other work go
+/// first, as tokio's budget did for a task: a bulk transfer that never
+/// runs dry would otherwise hold the worker.
+const READS_PER_TURN: usize = 16;
 
 /// One end of a tunnel: its connection, and bytes already read from it
 /// (they followed the upgrade's head) that the other end has yet to get.
@@ -71,6 +75,7 @@ pub(crate) async fn relay(
         down: Pump::new(upstream.pending),
         ended: None,
         waiter: None,
+        again: false,
     };
     // Declared after the sockets, so it leaves the set before they close.
     let open = match tunnels.open(relay) {
@@ -104,6 +109,9 @@ pub(crate) struct Tunnels {
 struct Slab {
     relays: Vec<Option<Relay>>,
     free: Vec<usize>,
+    /// Tunnels that stopped with bytes still to move: no edge will come
+    /// for those, so they go again on the next turn.
+    again: Vec<usize>,
 }
 
 /// An event's key: the tunnel's place, and which of its sockets.
@@ -149,14 +157,30 @@ impl Tunnels {
         Ok(open)
     }
 
-    fn on_events(&self, events: &[libc::epoll_event]) {
+    /// Relays for the tunnels `events` are for and those left over from
+    /// the last turn; true when some have bytes left to move.
+    fn on_events(&self, events: &[libc::epoll_event]) -> bool {
         let mut slab = self.lock();
-        for event in events {
+        let Slab { relays, again, .. } = &mut *slab;
+        let left_over = std::mem::take(again);
+        let woken = events.iter().map(|event| {
             let key = usize::try_from(event.u64 >> 1).unwrap_or(usize::MAX);
-            if let Some(Some(relay)) = slab.relays.get_mut(key) {
-                relay.ready(event.u64 & 1, event.events);
+            (key, Some((event.u64 & 1, event.events)))
+        });
+        for (key, event) in left_over.into_iter().map(|key| (key, None)).chain(woken) {
+            let Some(Some(relay)) = relays.get_mut(key) else {
+                continue;
+            };
+            match event {
+                Some((side, events)) => relay.socket(side).note(events),
+                None => relay.again = false,
+            }
+            if relay.relay() == Turn::Yielded && !relay.again {
+                relay.again = true;
+                again.push(key);
             }
         }
+        !again.is_empty()
     }
 
     /// Takes the relay at `key` out, and its sockets out of the set.
@@ -252,32 +276,51 @@ struct Relay {
     ended: Option<End>,
     /// The connection's task, woken when relaying is over.
     waiter: Option<Waker>,
+    /// It is in the slab's `again`.
+    again: bool,
+}
+
+/// Where a turn of relaying left a direction (or a tunnel).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Turn {
+    /// It waits for an edge: nothing to read, or no room to write.
+    Blocked,
+    /// It spent its turn with bytes still to move.
+    Yielded,
+    /// The end of its stream has been passed on.
+    Done,
 }
 
 impl Relay {
     /// `events` came for one of the sockets: relays what can go now.
-    fn ready(&mut self, side: u64, events: u32) {
-        if self.ended.is_some() {
-            return;
-        }
-        let socket = if side == CLIENT {
+    fn socket(&mut self, side: u64) -> &mut Socket {
+        if side == CLIENT {
             &mut self.client
         } else {
             &mut self.upstream
-        };
-        socket.note(events);
+        }
+    }
+
+    /// Relays what can go now; the connection's task is woken if that
+    /// ended the tunnel.
+    fn relay(&mut self) -> Turn {
+        if self.ended.is_some() {
+            return Turn::Blocked;
+        }
         // Both directions each time, so one that cannot write (its reader
         // is slow) never stops the other.
         let up = self.up.relay(&mut self.client, &mut self.upstream);
         let down = self.down.relay(&mut self.upstream, &mut self.client);
         self.ended = match (up, down) {
             (Err(_), _) | (_, Err(_)) => Some(End::Failed),
-            (Ok(true), Ok(true)) => Some(End::Done),
-            _ => return,
+            (Ok(Turn::Done), Ok(Turn::Done)) => Some(End::Done),
+            (Ok(Turn::Yielded), _) | (_, Ok(Turn::Yielded)) => return Turn::Yielded,
+            _ => return Turn::Blocked,
         };
         if let Some(waiter) = self.waiter.take() {
             waiter.wake();
         }
+        Turn::Done
     }
 
     /// Back in the task's hands after `closing` fired: closes a WebSocket
@@ -428,30 +471,34 @@ impl Pump {
         }
     }
 
-    /// Moves bytes until neither side can go on; true once the reading
-    /// side's EOF has been passed on as a half-close.
-    fn relay(&mut self, from: &mut Socket, to: &mut Socket) -> io::Result<bool> {
+    /// Moves bytes until neither side can go on, or for a turn's reads.
+    fn relay(&mut self, from: &mut Socket, to: &mut Socket) -> io::Result<Turn> {
+        let mut reads = 0;
         loop {
             if self.done {
-                return Ok(true);
+                return Ok(Turn::Done);
             }
             if self.written < self.read {
                 if !to.writable {
-                    return Ok(false);
+                    return Ok(Turn::Blocked);
                 }
                 match to.send(&self.buf[self.written..self.read])? {
                     Some(n) => self.written += n,
-                    None => return Ok(false),
+                    None => return Ok(Turn::Blocked),
                 }
             } else if self.eof {
                 to.shut_write()?;
                 self.done = true;
             } else {
                 if !from.readable {
-                    return Ok(false);
+                    return Ok(Turn::Blocked);
                 }
+                if reads == READS_PER_TURN {
+                    return Ok(Turn::Yielded);
+                }
+                reads += 1;
                 let Some(n) = from.recv(&mut self.buf)? else {
-                    return Ok(false);
+                    return Ok(Turn::Blocked);
                 };
                 self.frames.advance(&self.buf[..n], false);
                 (self.written, self.read, self.eof) = (0, n, n == 0);
@@ -654,6 +701,73 @@ mod tests {
         assert!(target_got.unwrap().is_empty());
         relay.await.unwrap();
         assert_eq!(relays_open(&tunnels), 0, "the relay left the set");
+    }
+
+    fn set_buffer(socket: &impl AsRawFd, option: libc::c_int, bytes: libc::c_int) {
+        let set = crate::server::set_option(socket, libc::SOL_SOCKET, option, bytes);
+        assert!(set, "{}", io::Error::last_os_error());
+    }
+
+    fn unread(socket: &impl AsRawFd) -> usize {
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one c_int.
+        let asked = unsafe { libc::ioctl(socket.as_raw_fd(), libc::FIONREAD, &mut n) };
+        assert_eq!(asked, 0, "{}", io::Error::last_os_error());
+        usize::try_from(n).unwrap()
+    }
+
+    /// Waits until `socket` holds `bytes` unread.
+    async fn all_arrived(socket: &impl AsRawFd, bytes: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while unread(socket) < bytes {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the bytes did not arrive"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tunnel_that_gave_way_goes_on_without_a_new_edge() {
+        const SENT: usize = 1 << 20;
+        let tunnels = tunnels();
+        let (mut client, client_side) = client_connection().await;
+        let (target_side, mut target) = connected().await;
+        // All of it waits before the tunnel opens, and the target's side
+        // never fills: no edge comes after the first ones.
+        set_buffer(&client_side, libc::SO_RCVBUF, 4 << 20);
+        set_buffer(&target_side, libc::SO_SNDBUF, 4 << 20);
+        client.write_all(&vec![7; SENT]).await.unwrap();
+        client.shutdown().await.unwrap();
+        all_arrived(&client_side, SENT).await;
+        let closing = CancellationToken::new();
+        let (_relay, _) = spawn_relay(&tunnels, client_side, b"", target_side, closing);
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), target.read_to_end(&mut got))
+            .await
+            .expect("the tunnel stopped after its turn")
+            .unwrap();
+        assert_eq!(got.len(), SENT);
+    }
+
+    #[tokio::test]
+    async fn a_bulk_transfer_gives_the_worker_back_after_its_turn() {
+        const SENT: usize = 1 << 20;
+        let (mut feeder, source) = connected().await;
+        let (dest, _sink) = connected().await;
+        // Room for all of it on the way in, and for a turn's reads on the way out.
+        set_buffer(&source, libc::SO_RCVBUF, 4 << 20);
+        set_buffer(&dest, libc::SO_SNDBUF, 4 << 20);
+        feeder.write_all(&vec![7; SENT]).await.unwrap();
+        all_arrived(&source, SENT).await;
+        let mut from = Socket::new(source.as_raw_fd());
+        let mut to = Socket::new(dest.as_raw_fd());
+        (from.readable, to.writable) = (true, true);
+        let mut pump = Pump::new(b"");
+        assert_eq!(pump.relay(&mut from, &mut to).unwrap(), Turn::Yielded);
+        assert_eq!(unread(&source), SENT - READS_PER_TURN * BUF);
+        assert!(from.readable, "it stopped with bytes still there");
     }
 
     #[tokio::test]

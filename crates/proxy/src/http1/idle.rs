@@ -181,6 +181,7 @@ impl IdleClients {
             for conn in woken.drain(..) {
                 conn.resume();
             }
+            false
         })
     }
 
