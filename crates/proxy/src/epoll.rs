@@ -76,7 +76,7 @@ impl Epoll {
     }
 
     /// Takes the events ready on the set, without waiting.
-    fn ready(&self, events: &mut [libc::epoll_event]) -> usize {
+    pub(crate) fn ready(&self, events: &mut [libc::epoll_event]) -> usize {
         loop {
             // SAFETY: the set is open; the kernel writes at most `len` events.
             let n = unsafe {

@@ -292,7 +292,7 @@ enum Turn {
 }
 
 impl Relay {
-    /// `events` came for one of the sockets: relays what can go now.
+    /// The socket on `side` (of an event's key).
     fn socket(&mut self, side: u64) -> &mut Socket {
         if side == CLIENT {
             &mut self.client

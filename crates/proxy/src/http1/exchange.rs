@@ -7,7 +7,6 @@
 //! idempotent and whole in hand. Anything else becomes a 502, or a 504 when
 //! the target took longer than the response timeout.
 
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
@@ -18,6 +17,7 @@ use tokio::net::TcpStream;
 use super::body::Remaining;
 use super::connections::Upstream;
 use super::head::{self, Framing, Request, Response};
+use super::idle::IdleSlot;
 use super::Buffers;
 use crate::ask::Ask;
 use crate::canary::SetCookie;
@@ -42,6 +42,8 @@ pub(super) struct Exchange<'a> {
     pub(super) forwarder: &'a Forwarder,
     pub(super) routing: &'a Routing,
     pub(super) client: &'a mut ClientSocket,
+    /// The connection's idle slot, for a tunnel to leave the parking set.
+    pub(super) idle: &'a IdleSlot,
     pub(super) peer: &'a Peer,
     pub(super) bufs: &'a mut Buffers,
     pub(super) req: Request,
@@ -233,10 +235,7 @@ impl Exchange<'_> {
         if self.client.write_all(&self.bufs.out).await.is_err() {
             return After::Close;
         }
-        // A connection parked before its upgrade leaves the parking set: its
-        // socket's events are the tunnel's now.
-        let idle_clients = &self.forwarder.idle_clients;
-        idle_clients.forget(self.client.as_raw_fd());
+        self.idle.unwatch();
         let hold = hold.upgraded();
         // Boxed: the tunnel's closing state (2 KiB of buffers) would otherwise
         // be part of every request's future, held by each request in flight.

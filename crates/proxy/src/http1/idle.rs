@@ -185,12 +185,6 @@ impl IdleClients {
         })
     }
 
-    /// Takes a connection's socket out of the parking set for good: it has
-    /// become a tunnel, whose events are the tunnel's.
-    pub(crate) fn forget(&self, fd: RawFd) {
-        self.epoll.remove(fd);
-    }
-
     /// The connections `events` are for, out of their slots; a connection
     /// not parked is told it has input to look at.
     fn unpark(&self, events: &[libc::epoll_event], woken: &mut Vec<Conn>) {
@@ -249,6 +243,16 @@ impl IdleSlot {
         self.clients.lock().entries[self.key].idle_since = None;
     }
 
+    /// The connection has become a tunnel: if it was ever parked, its
+    /// socket leaves the parking set, as its events are the tunnel's now.
+    pub(crate) fn unwatch(&self) {
+        let mut slots = self.clients.lock();
+        let slot = &mut slots.entries[self.key];
+        if std::mem::take(&mut slot.watched) {
+            self.clients.epoll.remove(slot.fd);
+        }
+    }
+
     /// The table this slot is in.
     pub(crate) fn clients(&self) -> &Arc<IdleClients> {
         &self.clients
@@ -283,5 +287,31 @@ mod tests {
         assert!(slot <= 32, "a slot of {slot} bytes");
         let conn = std::mem::size_of::<Conn>();
         assert!(conn <= 144, "a connection of {conn} bytes");
+    }
+
+    #[test]
+    fn a_connection_that_becomes_a_tunnel_leaves_the_parking_set() {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        let clients = Arc::new(IdleClients::new(Duration::from_secs(60)).unwrap());
+        let slot = clients.register(accepted.as_raw_fd());
+        // Watched as a first parking leaves it.
+        clients
+            .epoll
+            .add(accepted.as_raw_fd(), libc::EPOLLIN, slot.key as u64)
+            .unwrap();
+        clients.lock().entries[slot.key].watched = true;
+        slot.unwatch();
+        client.write_all(b"a tunnel's message").unwrap();
+        // The bytes are there to read, and the parking set heard nothing.
+        let mut byte = [0u8];
+        assert_eq!(accepted.peek(&mut byte).unwrap(), 1);
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 4];
+        assert_eq!(clients.epoll.ready(&mut events), 0);
+        assert!(!clients.lock().entries[slot.key].watched);
     }
 }

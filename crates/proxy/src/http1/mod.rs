@@ -42,7 +42,7 @@ pub(crate) use idle::IdleClients;
 use idle::{IdleSlot, Parking};
 
 use crate::client_socket::ClientSocket;
-use crate::forward::{Forwarder, Routing};
+use crate::forward::Forwarder;
 use crate::forwarded::Peer;
 use crate::server::Listener;
 use exchange::{After, Exchange};
@@ -183,14 +183,7 @@ impl Conn {
                 wait = true;
                 // Boxed: a request's state (buffers, both connections' futures)
                 // lives only while the request does, not in every idle task.
-                let next = Box::pin(one_request(
-                    &self.listener.forwarder,
-                    &self.listener.routing,
-                    &self.peer,
-                    &mut self.client,
-                    &mut read_ahead,
-                    self.first,
-                ));
+                let next = Box::pin(one_request(&mut self, &mut read_ahead));
                 match next.await {
                     Next::KeepAlive => self.first = false,
                     Next::NothingYet => {}
@@ -233,16 +226,18 @@ enum Next {
 }
 
 /// Reads one request and forwards it.
-async fn one_request(
-    forwarder: &Forwarder,
-    routing: &Routing,
-    peer: &Peer,
-    client: &mut ClientSocket,
-    read_ahead: &mut BytesMut,
-    first: bool,
-) -> Next {
+async fn one_request(conn: &mut Conn, read_ahead: &mut BytesMut) -> Next {
+    let forwarder = &conn.listener.forwarder;
     let mut bufs = Buffers::take(read_ahead);
-    let req = match read_head(forwarder, peer, client, &mut bufs, first).await {
+    let req = match read_head(
+        forwarder,
+        &conn.peer,
+        &mut conn.client,
+        &mut bufs,
+        conn.first,
+    )
+    .await
+    {
         Head::Request(req) => req,
         Head::Http2 => {
             *read_ahead = std::mem::take(&mut bufs.client);
@@ -256,9 +251,10 @@ async fn one_request(
     };
     let exchange = Exchange {
         forwarder,
-        routing,
-        client,
-        peer,
+        routing: &conn.listener.routing,
+        client: &mut conn.client,
+        idle: &conn.idle,
+        peer: &conn.peer,
         bufs: &mut bufs,
         req,
     };
